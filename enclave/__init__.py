@@ -1,0 +1,1 @@
+"""Runs inside the enclave: vsock transport, framed protocol, NSM client, attested KMS, app."""
