@@ -1,0 +1,377 @@
+"""The proxy's HTTP side: routes, JSON <-> CBOR bodies, limits, errors and access logs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from enclave.protocol import RemoteError
+
+from ._proxy_pool import EnclavePool, EnclaveUnavailable
+
+log = logging.getLogger("parent.proxy")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+RID_KEY = web.RequestKey("request_id", str)
+OP_KEY = web.RequestKey("op", str)
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_OP_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+MAX_JSON_DEPTH = 32
+READ_CHUNK = 64 * 1024
+
+# Enclave error codes -> HTTP status (anything else typed: 422).
+STATUS_FOR_CODE: Mapping[str, int] = {
+    "bad-request": 400,
+    "forbidden-field": 400,
+    "bad-kind": 400,
+    "bad-name": 400,
+    "bad-secret": 400,
+    "wrong-kind": 400,
+    "bad-data-key": 400,
+    "envelope-auth-failed": 400,
+    "bad-credentials": 400,
+    "e2e-malformed": 400,
+    "e2e-version": 400,
+    "e2e-decrypt-failed": 400,
+    "e2e-stale": 400,
+    "e2e-replay": 400,
+    "e2e-too-large": 413,
+    "frame-too-large": 413,
+    "response-too-large": 502,
+    "bad-response": 502,
+    "e2e-bad-key": 400,
+    "unknown-op": 404,
+    "no-such-secret": 404,
+    "store-full": 409,
+    "kms-access-denied": 403,
+    "credentials-unavailable": 503,
+    "busy": 503,
+    "deadline-exceeded": 504,
+    "timeout": 504,
+    "internal": 500,
+}
+KMS_PREFIX_STATUS = 502  # other kms-* codes: KMS (behind the enclave) failed
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_body_bytes: int = 2 * 1024 * 1024  # JSON body (base64 makes bytes 4/3 larger)
+    body_timeout_s: float = 10.0  # to receive a whole body once headers arrived
+    header_timeout_s: float = 10.0  # a connection must send a full request head within this
+    lingering_s: float = 1.0  # after an early error, unread body is drained this long, then close
+    request_timeout_s: float = 15.0  # enclave round trip (the enclave's own deadlines are shorter)
+    health_timeout_s: float = 1.0
+    max_in_flight: int = 1024  # requests being forwarded at once
+    max_waiting: int = 2048  # more requests wait for a slot; beyond: 503 at once
+    queue_timeout_s: float = 5.0  # how long one waits for a slot
+
+
+class ProxyError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str, rid: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}, "request_id": rid},
+        status=status,
+        headers={REQUEST_ID_HEADER: rid},
+    )
+
+
+def status_for(code: str) -> int:
+    if code in STATUS_FOR_CODE:
+        return STATUS_FOR_CODE[code]
+    if code.startswith("kms-"):
+        return KMS_PREFIX_STATUS
+    return 422
+
+
+def to_json(value: Any, depth: int = 0) -> Any:
+    """A CBOR result as JSON: bytes -> base64 text; keys -> text; other leaves as text."""
+    if depth > MAX_JSON_DEPTH:
+        raise ProxyError(502, "bad-response", "the enclave's answer nests too deeply")
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v, depth + 1) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def b64_field(body: Mapping[str, Any], name: str) -> bytes:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise ProxyError(400, "bad-request", f"{name!r} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProxyError(400, "bad-base64", f"{name!r} is not valid base64") from None
+
+
+class Backpressure:
+    """At most ``max_in_flight`` forwarded requests; ``max_waiting`` more may queue."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self._slots = asyncio.Semaphore(limits.max_in_flight)
+        self.in_flight = 0
+        self.waiting = 0
+        self.refused = 0
+
+    async def acquire(self) -> None:
+        if self.waiting >= self.limits.max_waiting and self._slots.locked():
+            self.refused += 1
+            raise ProxyError(503, "proxy-busy", "too many requests in progress; retry later")
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.limits.queue_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.refused += 1
+            raise ProxyError(503, "proxy-busy", "no capacity within the queue timeout") from None
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+
+class ProxyHandlers:
+    """The routes (docs/proxy.md); one instance per proxy."""
+
+    def __init__(self, pool: EnclavePool, limits: HttpLimits) -> None:
+        self.pool = pool
+        self.limits = limits
+        self.backpressure = Backpressure(limits)
+        self.routes: dict[str, tuple[str, ...]] = {}  # op -> bytes fields, from `describe`
+        self.app_info: dict[str, Any] = {}
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------ plumbing
+
+    async def refresh_routes(self, pool: EnclavePool | None = None) -> None:
+        """Learn the app's HTTP operations from its ``describe`` answer."""
+        answer = await self.pool.request(
+            "describe", {}, timeout=self.limits.health_timeout_s * 2, wait=False, control=True
+        )
+        routes: dict[str, tuple[str, ...]] = {}
+        for op in answer.get("operations", []) if isinstance(answer, dict) else []:
+            if (
+                isinstance(op, dict)
+                and op.get("http") is True
+                and isinstance(op.get("name"), str)
+                and _OP_RE.fullmatch(op["name"])
+            ):
+                fields = op.get("bytes_fields") or []
+                routes[op["name"]] = tuple(f for f in fields if isinstance(f, str))
+        self.routes = routes
+        self.app_info = {
+            "app": answer.get("app") if isinstance(answer, dict) else None,
+            "version": answer.get("version") if isinstance(answer, dict) else None,
+        }
+
+    async def read_json(self, request: web.Request) -> dict:
+        length = request.content_length
+        if length is not None and length > self.limits.max_body_bytes:
+            raise ProxyError(413, "payload-too-large", f"body over {self.limits.max_body_bytes} B")
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                while chunk := await request.content.read(READ_CHUNK):
+                    total += len(chunk)
+                    if total > self.limits.max_body_bytes:
+                        raise ProxyError(
+                            413, "payload-too-large", f"body over {self.limits.max_body_bytes} B"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ProxyError(408, "body-timeout", "the body did not arrive in time") from None
+        raw = b"".join(chunks)
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise ProxyError(400, "bad-json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ProxyError(400, "bad-json", "the body must be a JSON object")
+        return body
+
+    async def forward(self, op: str, body: Any) -> Any:
+        await self.backpressure.acquire()
+        try:
+            return await self.pool.request(op, body, timeout=self.limits.request_timeout_s)
+        except RemoteError as exc:
+            raise ProxyError(status_for(exc.code), exc.code, exc.message) from None
+        except TimeoutError:
+            raise ProxyError(
+                504, "enclave-timeout",
+                f"no answer from the enclave within {self.limits.request_timeout_s:g} s",
+            ) from None
+        except EnclaveUnavailable as exc:
+            raise ProxyError(503, exc.code, exc.message) from None
+        finally:
+            self.backpressure.release()
+
+    # ------------------------------------------------------------ routes
+
+    async def health(self, request: web.Request) -> web.Response:
+        rid = request[RID_KEY]
+        out: dict[str, Any] = {"proxy": "ok", "enclave": "down", "request_id": rid}
+        out["connections"] = self.pool.connected
+        out["in_flight"] = self.backpressure.in_flight
+        try:
+            answer = await self.pool.request(
+                "health", {}, timeout=self.limits.health_timeout_s, wait=False, control=True
+            )
+        except (EnclaveUnavailable, TimeoutError, RemoteError) as exc:
+            out["error"] = {
+                "code": getattr(exc, "code", "enclave-timeout"),
+                "message": getattr(exc, "message", "health probe timed out"),
+            }
+            return web.json_response(out, status=503, headers={REQUEST_ID_HEADER: rid})
+        out["enclave"] = "ok"
+        if isinstance(answer, dict):
+            for key in ("app", "version", "uptime_s", "credentials"):
+                if key in answer:
+                    out[key] = answer[key]
+        return web.json_response(out, headers={REQUEST_ID_HEADER: rid})
+
+    async def attestation(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        chosen = [k for k in ("public_key", "user_data") if k in body]
+        if chosen:
+            raise ProxyError(
+                400, "forbidden-field",
+                f"callers may not choose {', '.join(chosen)}; the enclave sets them",
+            )
+        extra = sorted(k for k in body if k != "nonce")
+        if extra:
+            raise ProxyError(400, "bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
+        nonce = b64_field(body, "nonce")
+        answer = await self.forward("attestation", {"nonce": nonce})
+        return self._ok(request, {"document": _bytes_field(answer, "document")})
+
+    async def e2e(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        extra = sorted(k for k in body if k != "sealed")
+        if extra:
+            raise ProxyError(400, "bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
+        sealed = b64_field(body, "sealed")
+        answer = await self.forward("e2e", {"sealed": sealed})
+        return self._ok(request, {"sealed": _bytes_field(answer, "sealed")})
+
+    async def op(self, request: web.Request) -> web.Response:
+        name = request.match_info["op"]
+        if not _OP_RE.fullmatch(name):
+            raise ProxyError(404, "not-found", "no such route")
+        request[OP_KEY] = name
+        if not self.routes:
+            try:
+                await self.refresh_routes()
+            except (EnclaveUnavailable, TimeoutError, RemoteError):
+                raise ProxyError(
+                    503, "enclave-unavailable", "the enclave's operations are not known yet"
+                ) from None
+        if name not in self.routes:
+            raise ProxyError(404, "unknown-op", f"operation {name!r} is not exposed over HTTP")
+        body = await self.read_json(request)
+        for field_name in self.routes[name]:
+            if field_name in body:
+                body[field_name] = b64_field(body, field_name)
+        answer = await self.forward(name, body)
+        return self._ok(request, to_json(answer))
+
+    async def list_routes(self, request: web.Request) -> web.Response:
+        if not self.routes:
+            try:
+                await self.refresh_routes()
+            except (EnclaveUnavailable, TimeoutError, RemoteError):
+                raise ProxyError(
+                    503, "enclave-unavailable", "the enclave's operations are not known yet"
+                ) from None
+        return self._ok(
+            request,
+            {
+                **self.app_info,
+                "operations": [
+                    {"route": f"/v1/{name}", "bytes_fields": list(fields)}
+                    for name, fields in sorted(self.routes.items())
+                ],
+            },
+        )
+
+    @staticmethod
+    def _ok(request: web.Request, payload: Any) -> web.Response:
+        rid = request[RID_KEY]
+        return web.json_response(payload, headers={REQUEST_ID_HEADER: rid})
+
+
+def _bytes_field(answer: Any, name: str) -> str:
+    value = answer.get(name) if isinstance(answer, dict) else None
+    if not isinstance(value, bytes):
+        raise ProxyError(502, "bad-response", f"the enclave's answer lacks {name!r}")
+    return base64.b64encode(value).decode()
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Request id, typed JSON errors and one JSON access-log line (no payloads)."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
+    request[RID_KEY] = rid
+    start = time.perf_counter()
+    code = "ok"
+    try:
+        response = await handler(request)
+    except ProxyError as exc:
+        code = exc.code
+        response = error_response(exc.status, exc.code, exc.message, rid)
+        if exc.status in (408, 413):  # the body was not read to its end: drop the connection
+            response.force_close()
+    except web.HTTPException as exc:
+        code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
+            exc.status, "http-error"
+        )
+        response = error_response(exc.status, code, exc.reason, rid)
+    except asyncio.CancelledError:
+        code = "client-gone"
+        raise
+    except Exception as exc:
+        code = "internal"
+        log.error("proxy-error", extra={"fields": {"rid": rid, "error": type(exc).__name__}})
+        response = error_response(500, "internal", "internal proxy error", rid)
+    finally:
+        resource = request.match_info.route.resource
+        fields = {
+            "rid": rid,
+            "method": request.method,
+            "route": resource.canonical if resource is not None else "?",
+            "op": request.get(OP_KEY),
+            "code": code,
+            "ms": round((time.perf_counter() - start) * 1000, 2),
+            "in_bytes": request.content_length,
+        }
+        if code != "client-gone":
+            fields["status"] = response.status
+        log.info("http", extra={"fields": fields})
+    return response

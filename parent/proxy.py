@@ -1,0 +1,202 @@
+"""The parent proxy: an HTTP API for other services, forwarding to the enclave over vsock.
+
+    python -m parent proxy --enclave-cid CID [--enclave-port 5000] [--port 8080] [--host 127.0.0.1]
+
+Routes (JSON; bytes as base64; docs/proxy.md):
+
+* ``GET /health`` — ``200 {"proxy": "ok", "enclave": "ok", ...}``, or ``503`` with
+  ``"enclave": "down"`` when the enclave does not answer (the proxy itself is fine);
+* ``POST /attestation {"nonce"}`` → ``{"document"}``: public_key and user_data are set by the
+  enclave (a body naming them is refused with ``forbidden-field``);
+* ``POST /e2e {"sealed"}`` → ``{"sealed"}``: an end-to-end encrypted request, opaque here;
+* ``POST /v1/<op>`` — the app's operations that it marks ``http`` (learned from its
+  ``describe``); ``GET /v1`` lists them.
+
+Forwarding uses a pool of protocol connections that reconnects with backoff when the enclave
+restarts; in-flight requests are bounded (503 ``proxy-busy`` beyond), bodies are bounded (413),
+every enclave round trip has a deadline (504). Logs are JSON lines with request ids, codes and
+timings — never bodies. Errors are ``{"error": {"code", "message"}, "request_id"}``.
+In simulation the same code runs with ``NITRO_VSOCK_SIM_DIR`` set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from enclave.app import configure_json_logging
+from enclave.transport import TransportError, VsockAddress
+
+from ._proxy_http import HttpLimits, ProxyHandlers, request_context
+from ._proxy_pool import EnclavePool, EnclaveUnavailable, PoolLimits
+
+__all__ = [
+    "DEFAULT_ENCLAVE_PORT",
+    "DEFAULT_PORT",
+    "EnclavePool",
+    "EnclaveUnavailable",
+    "HttpLimits",
+    "PoolLimits",
+    "ProxyConfig",
+    "build_app",
+    "main",
+    "run_proxy",
+]
+
+DEFAULT_PORT = 8080
+DEFAULT_ENCLAVE_PORT = 5000
+EXIT_USAGE = 2
+EXIT_LISTEN = 5
+SHUTDOWN_TIMEOUT_S = 5.0
+
+log = logging.getLogger("parent.proxy")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    enclave: VsockAddress
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    http: HttpLimits = field(default_factory=HttpLimits)
+    pool: PoolLimits = field(default_factory=PoolLimits)
+
+
+POOL_KEY = web.AppKey("pool", EnclavePool)
+HANDLERS_KEY = web.AppKey("handlers", ProxyHandlers)
+
+
+def build_app(config: ProxyConfig) -> web.Application:
+    """The aiohttp application (the pool starts and stops with it)."""
+    app = web.Application(
+        middlewares=[request_context], client_max_size=config.http.max_body_bytes
+    )
+    handlers_box: dict[str, ProxyHandlers] = {}
+
+    async def on_connect(_pool: EnclavePool) -> None:
+        with contextlib.suppress(Exception):
+            await handlers_box["h"].refresh_routes()
+
+    pool = EnclavePool(config.enclave, limits=config.pool, on_connect=on_connect)
+    handlers = ProxyHandlers(pool, config.http)
+    handlers_box["h"] = handlers
+    app[POOL_KEY] = pool
+    app[HANDLERS_KEY] = handlers
+    app.router.add_get("/health", handlers.health)
+    app.router.add_post("/attestation", handlers.attestation)
+    app.router.add_post("/e2e", handlers.e2e)
+    app.router.add_get("/v1", handlers.list_routes)
+    app.router.add_post("/v1/{op}", handlers.op)
+
+    async def lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
+        await pool.start()
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
+    """Serve until ``stop`` is set; prints one JSON ``ready`` line with the URL."""
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=config.http.header_timeout_s,  # also bounds a slow request head
+        lingering_time=config.http.lingering_s,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"proxy: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return EXIT_LISTEN
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    print(json.dumps({"event": "ready", "url": url, "pid": os.getpid(),
+                      "enclave": [config.enclave.cid, config.enclave.port]}), flush=True)
+    log.info("listening", extra={"fields": {"url": url, "enclave_cid": config.enclave.cid,
+                                            "enclave_port": config.enclave.port}})
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping", extra={"fields": {}})
+        await runner.cleanup()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = HttpLimits()
+    p = argparse.ArgumentParser(
+        prog="python -m parent proxy",
+        description="HTTP API for other services, forwarding to the enclave over vsock.",
+    )
+    p.add_argument("--enclave-cid", type=int, required=True, help="the enclave's CID (>= 4)")
+    p.add_argument("--enclave-port", type=int, default=DEFAULT_ENCLAVE_PORT)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0 = any free)")
+    p.add_argument("--pool-size", type=int, default=PoolLimits().size,
+                   help="connections to the enclave")
+    p.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
+    p.add_argument("--max-body", type=int, default=d.max_body_bytes, help="bytes per body")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a connection may take to send a request head (and idle)")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds to receive a whole body")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_json_logging(getattr(logging, args.log_level))
+    try:
+        enclave = VsockAddress(args.enclave_cid, args.enclave_port)
+    except TransportError as exc:
+        print(f"proxy: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    timeouts = (args.request_timeout, args.header_timeout, args.body_timeout)
+    if min(args.pool_size, args.max_in_flight, args.max_body) < 1 or min(timeouts) <= 0:
+        print("proxy: sizes and timeouts must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    config = ProxyConfig(
+        enclave=enclave,
+        host=args.host,
+        port=args.port,
+        http=HttpLimits(
+            max_body_bytes=args.max_body,
+            max_in_flight=args.max_in_flight,
+            request_timeout_s=args.request_timeout,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+        ),
+        pool=PoolLimits(size=args.pool_size),
+    )
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_proxy(config, stop)
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
