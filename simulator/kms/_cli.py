@@ -99,7 +99,13 @@ async def _serve(
     tls: ssl.SSLContext | None = None,
 ) -> None:
     app = create_app(server)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=server.limits.header_timeout,  # also bounds a slow request head
+        lingering_time=server.limits.lingering_time,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
     await site.start()

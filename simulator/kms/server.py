@@ -54,6 +54,8 @@ class KmsLimits:
 
     max_request_bytes: int = 1 << 20  # an AttestationDocument may be 256 KiB (base64 ≈ 350 KiB)
     body_read_timeout: float = 10.0  # seconds to receive a whole body
+    header_timeout: float = 10.0  # seconds for a request head (and keep-alive idle)
+    lingering_time: float = 1.0  # seconds to drain a refused body before closing
     operation_timeout: float = 30.0  # seconds for one operation (RSA-4096 pairs included)
     max_in_flight: int = 64  # concurrent requests; more get ThrottlingException
     worker_threads: int = 4  # threads running operations
