@@ -492,7 +492,7 @@ _COSE_ALGS = {-7: ("SHA256", 32), -35: ("SHA384", 48), -36: ("SHA512", 66)}
 def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> str | None:
     """None when the COSE_Sign1 verifies with ``cert`` and signs ``{0: PCR0}``; else why not."""
     import cbor2
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -509,7 +509,10 @@ def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> s
     if alg not in _COSE_ALGS:
         return f"unsupported COSE algorithm {alg!r}"
     hash_name, n = _COSE_ALGS[alg]
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # the key is parsed lazily
+        return "signing certificate carries an unreadable public key"
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(signature, bytes):
         return "signing key is not an EC key"
     if len(signature) != 2 * n:

@@ -111,3 +111,14 @@ def test_well_formed_images_measure_like_the_formulas(
         SectionType.CMDLINE,
         SectionType.METADATA,
     ]
+
+
+def test_every_flipped_bit_of_the_signature_section_raises_only_eif_error() -> None:
+    """Regression: a mutated signing certificate whose key cryptography rejects lazily."""
+    (section,) = [s for s in read_eif(SIGNED).sections if s.type is SectionType.SIGNATURE]
+    start = section.offset
+    for offset in range(start, len(SIGNED)):
+        for bit in (0x01, 0x20):
+            data = bytearray(SIGNED)
+            data[offset] ^= bit
+            read_safely(bytes(data), check_crc=False)

@@ -1,0 +1,357 @@
+"""Wire format of the protocol: 8-byte header + one CBOR item (docs/protocol.md).
+
+Header, big-endian: ``"NE"`` (0x4E 0x45) | version (0x01) | flags (0x00) | u32 length.
+The payload is exactly one CBOR data item of ``length`` bytes: a request map
+``{"id", "op", "body", ?"timeout_ms"}`` or a reply map ``{"id", "body"}`` /
+``{"id", "error": {"code", "message"}}``.
+
+Everything here is sans-I/O: ``FrameDecoder.feed(bytes) -> [payload, ...]`` and the
+encode/parse functions. Every failure is a ``FrameError`` with a stable code.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from ._protocol_base import (
+    CODE_PATTERN,
+    MAX_CODE_LENGTH,
+    MAX_OP_LENGTH,
+    MAX_REQUEST_ID,
+    PROTOCOL_VERSION,
+    FrameError,
+    clip,
+)
+
+MAGIC = b"NE"
+FLAGS_NONE = 0
+HEADER = struct.Struct(">2sBBI")
+HEADER_SIZE = HEADER.size  # 8
+CBOR_MAX_DEPTH = 64  # nesting of arrays/maps/tags in one payload
+JOIN_BELOW = 64 * 1024  # frames smaller than this are sent as one buffer (header + payload)
+
+# Semantic tags cbor2 would decode into objects a peer should not be able to create:
+# cyclic structures (28/29), string references (25/256), compiled regexes (35), parsed MIME
+# messages (36). Payloads carrying them are refused as bad-cbor.
+_REFUSED_TAGS = {
+    25: "string reference",
+    28: "shareable value",
+    29: "shared reference",
+    35: "regular expression",
+    36: "MIME message",
+    256: "string-reference namespace",
+}
+
+
+class _RefusedTag(Exception):
+    pass
+
+
+def _refuse(tag: int) -> Any:
+    def decode(_value: Any, _immutable: bool) -> Any:
+        raise _RefusedTag(f"CBOR tag {tag} ({_REFUSED_TAGS[tag]}) is not accepted")
+
+    return decode
+
+
+_SEMANTIC = {tag: _refuse(tag) for tag in _REFUSED_TAGS}
+
+
+def _header_problem(prefix: bytes, max_frame: int) -> FrameError | None:
+    """What is wrong with the first bytes of a header (any length up to 8), if anything."""
+    if prefix[:2] != MAGIC[: len(prefix)]:
+        got = prefix[:2]
+        hint = ""
+        if got[:1] in (b"G", b"P", b"H", b"D", b"O") and got != MAGIC[: len(got)]:
+            hint = " (it looks like HTTP)"
+        elif got[:1] == b"\x16":
+            hint = " (it looks like TLS)"
+        return FrameError(
+            "bad-frame",
+            f"bad magic 0x{got.hex()}{hint}: frames start with 0x4e45 ('NE'); this endpoint "
+            f"speaks the framed protocol of docs/protocol.md",
+        )
+    if len(prefix) > 2 and prefix[2] != PROTOCOL_VERSION:
+        return FrameError(
+            "bad-frame", f"unsupported version {prefix[2]} (this side speaks {PROTOCOL_VERSION})"
+        )
+    if len(prefix) > 3 and prefix[3] != FLAGS_NONE:
+        return FrameError(
+            "bad-frame", f"unknown flags 0x{prefix[3]:02x} (version 1 defines none: 0x00)"
+        )
+    if len(prefix) == HEADER_SIZE:
+        length = HEADER.unpack(prefix)[3]
+        if length == 0:
+            return FrameError(
+                "bad-frame", "empty payload (length 0): a frame carries one CBOR item"
+            )
+        if length > max_frame:
+            return FrameError(
+                "frame-too-large",
+                f"frame of {length} bytes is over the limit of {max_frame} bytes (max_frame)",
+            )
+    return None
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads; feed it whatever arrives.
+
+    ``feed(data)`` returns the payloads completed by ``data`` (each ``bytes``) or raises
+    FrameError; after an error the decoder is spent and raises it again. ``eof()`` checks
+    that the stream did not stop inside a frame. Memory held is at most one frame.
+    """
+
+    __slots__ = ("_error", "_have", "_length", "_max_frame", "_parts")
+
+    def __init__(self, max_frame: int) -> None:
+        self._max_frame = max_frame
+        self._parts: list[memoryview] = []
+        self._have = 0  # bytes held in _parts
+        self._length = -1  # payload length of the current frame; -1 while reading a header
+        self._error: FrameError | None = None
+
+    @property
+    def in_frame(self) -> bool:
+        """True when part of a frame has arrived and the rest has not."""
+        return self._have > 0 or self._length >= 0
+
+    def _fail(self, error: FrameError) -> FrameError:
+        self._error = error
+        self._parts.clear()
+        return error
+
+    def _take(self, view: memoryview, pos: int, need: int) -> bytes:
+        """The ``need`` bytes completing the held parts, joined (one copy)."""
+        if not self._have:
+            return bytes(view[pos : pos + need])
+        self._parts.append(view[pos : pos + need])
+        joined = b"".join(self._parts)
+        self._parts.clear()
+        self._have = 0
+        return joined
+
+    def _hold(self, view: memoryview, pos: int) -> None:
+        if pos < len(view):
+            self._parts.append(view[pos:])
+            self._have += len(view) - pos
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._error is not None:
+            raise self._error
+        if not isinstance(data, bytes):
+            data = bytes(data)  # held views must not change under us
+        view = memoryview(data)
+        size = len(view)
+        pos = 0
+        out: list[bytes] = []
+        while pos < size:
+            if self._length < 0:
+                need = HEADER_SIZE - self._have
+                if size - pos < need:
+                    prefix = b"".join(self._parts) + bytes(view[pos:])
+                    problem = _header_problem(prefix, self._max_frame)
+                    if problem is not None:
+                        raise self._fail(problem)
+                    self._hold(view, pos)
+                    return out
+                header = self._take(view, pos, need)
+                pos += need
+                problem = _header_problem(header, self._max_frame)
+                if problem is not None:
+                    raise self._fail(problem)
+                self._length = HEADER.unpack(header)[3]
+            need = self._length - self._have
+            if size - pos < need:
+                self._hold(view, pos)
+                return out
+            if pos == 0 and need == size and not self._have:
+                out.append(data)  # the chunk is exactly one payload: no copy
+            else:
+                out.append(self._take(view, pos, need))
+            pos += need
+            self._length = -1
+        return out
+
+    def eof(self) -> None:
+        """The stream ended: raise ``truncated`` if it ended inside a frame."""
+        if self._error is not None:
+            raise self._error
+        if self.in_frame:
+            state = (
+                f"{self._have} of {HEADER_SIZE} header bytes"
+                if self._length < 0
+                else f"{self._have} of {self._length} payload bytes"
+            )
+            raise self._fail(FrameError("truncated", f"stream ended inside a frame ({state})"))
+
+
+# --- CBOR ----------------------------------------------------------------------------------
+
+
+def decode_cbor(payload: bytes, *, strict_keys: bool = True) -> Any:
+    """The one CBOR item that is ``payload``; FrameError(bad-cbor) for anything else."""
+    stream = io.BytesIO(payload)
+    try:
+        item = cbor2.CBORDecoder(
+            stream,
+            max_depth=CBOR_MAX_DEPTH,
+            strict_hashable_types=strict_keys,
+            allow_duplicate_keys=False,
+            semantic_decoders=_SEMANTIC,
+        ).decode()
+    except Exception as exc:  # cbor2 raises CBORDecodeError, and occasionally others
+        cause = exc.__cause__ if isinstance(exc.__cause__, _RefusedTag) else exc
+        reason = str(cause) or type(cause).__name__
+        raise FrameError("bad-cbor", clip(f"payload is not valid CBOR: {reason}", 300)) from None
+    extra = len(payload) - stream.tell()
+    if extra:
+        raise FrameError("bad-cbor", f"{extra} byte(s) after the CBOR item (one item per frame)")
+    return item
+
+
+def bad_key_type(value: Any) -> str | None:
+    """The type name of the first map key / set item that is not text or bytes, if any."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str | bytes):
+                    return type(key).__name__
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, set | frozenset):
+            for member in item:
+                if not isinstance(member, str | bytes):
+                    return type(member).__name__
+        elif isinstance(item, cbor2.CBORTag):
+            stack.append(item.value)
+    return None
+
+
+def encode_cbor(message: dict[str, Any], *, strict_keys: bool, what: str) -> bytes:
+    """CBOR bytes of ``message``; FrameError(bad-request/bad-response) when impossible."""
+    code = "bad-request" if what == "request" else "bad-response"
+    if strict_keys:
+        bad = bad_key_type(message.get("body"))
+        if bad is not None:
+            raise FrameError(
+                code,
+                f"{what} body has a map key or set item of type {bad}; keys must be text or "
+                f"byte strings (ProtocolLimits.strict_map_keys)",
+            )
+    try:
+        return cbor2.dumps(message)
+    except Exception as exc:  # CBOREncodeError, TypeError, ValueError, RecursionError
+        raise FrameError(
+            code, clip(f"{what} body cannot be encoded as CBOR: {type(exc).__name__}", 300)
+        ) from None
+
+
+def frame(payload: bytes) -> list[bytes]:
+    """The buffers to write for one frame: one joined buffer when small, else two."""
+    header = HEADER.pack(MAGIC, PROTOCOL_VERSION, FLAGS_NONE, len(payload))
+    if len(payload) < JOIN_BELOW:
+        return [header + payload]
+    return [header, payload]
+
+
+def write_frames(writer: Any, buffers: Iterable[bytes]) -> None:
+    for buffer in buffers:
+        writer.write(buffer)
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    op: str
+    body: Any
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response (``error`` is None) or an error reply (``body`` is None)."""
+
+    id: int | None
+    body: Any
+    error: tuple[str, str] | None
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REQUEST_ID
+
+
+def parse_request(item: Any) -> Request:
+    """Validate a decoded request map. Without a valid id: FrameError(bad-message);
+    with one but other fields wrong: FrameError(bad-request, request_id=id)."""
+    if not isinstance(item, dict):
+        raise FrameError("bad-message", f"a request is a CBOR map, got {type(item).__name__}")
+    rid = item.get("id")
+    if not _valid_id(rid):
+        raise FrameError("bad-message", "request has no valid id (unsigned integer < 2**64)")
+    op = item.get("op")
+    if not isinstance(op, str) or not 0 < len(op) <= MAX_OP_LENGTH:
+        raise FrameError(
+            "bad-request", f"op must be a text string of 1..{MAX_OP_LENGTH} characters",
+            request_id=rid,
+        )
+    timeout_ms = item.get("timeout_ms")
+    if timeout_ms is not None and not (
+        isinstance(timeout_ms, int) and not isinstance(timeout_ms, bool) and timeout_ms >= 0
+    ):
+        raise FrameError(
+            "bad-request", "timeout_ms must be an unsigned integer", request_id=rid
+        )
+    return Request(rid, op, item.get("body"), timeout_ms)
+
+
+def parse_reply(item: Any) -> Reply:
+    """Validate a decoded reply map; FrameError(bad-message) when it is not one."""
+    if not isinstance(item, dict):
+        raise FrameError("bad-message", f"a reply is a CBOR map, got {type(item).__name__}")
+    rid = item.get("id")
+    if rid is not None and not _valid_id(rid):
+        raise FrameError("bad-message", "reply id must be an unsigned integer < 2**64 or null")
+    if "error" not in item:
+        if rid is None:
+            raise FrameError("bad-message", "a reply without error needs an id")
+        return Reply(rid, item.get("body"), None)
+    error = item["error"]
+    if not isinstance(error, dict):
+        raise FrameError("bad-message", "reply error must be a map {code, message}")
+    code, message = error.get("code"), error.get("message", "")
+    if not isinstance(code, str) or not 0 < len(code) <= MAX_CODE_LENGTH:
+        raise FrameError("bad-message", "reply error code must be a short text string")
+    if not isinstance(message, str):
+        raise FrameError("bad-message", "reply error message must be a text string")
+    return Reply(rid, None, (code, clip(message)))
+
+
+def encode_request(
+    rid: int, op: str, body: Any, timeout_ms: int | None, *, strict_keys: bool
+) -> bytes:
+    message: dict[str, Any] = {"id": rid, "op": op, "body": body}
+    if timeout_ms is not None:
+        message["timeout_ms"] = timeout_ms
+    return encode_cbor(message, strict_keys=strict_keys, what="request")
+
+
+def encode_response(rid: int, body: Any, *, strict_keys: bool) -> bytes:
+    return encode_cbor({"id": rid, "body": body}, strict_keys=strict_keys, what="response")
+
+
+def encode_error(rid: int | None, code: str, message: str) -> bytes:
+    if not CODE_PATTERN.match(code):
+        code = "internal"
+    return cbor2.dumps({"id": rid, "error": {"code": code, "message": clip(message)}})

@@ -1,0 +1,279 @@
+"""The wire format (enclave._framing): properties of the decoder and the message rules."""
+
+from __future__ import annotations
+
+import struct
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from enclave._framing import (
+    CBOR_MAX_DEPTH,
+    HEADER_SIZE,
+    MAGIC,
+    FrameDecoder,
+    decode_cbor,
+    encode_error,
+    encode_request,
+    encode_response,
+    frame,
+    parse_reply,
+    parse_request,
+)
+from enclave.protocol import ERROR_CODES, FrameError, ProtocolLimits
+
+MAX_FRAME = 64 * 1024
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# CBOR values a body may hold (strict keys: text or bytes)
+leaves = (
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=200)
+)
+bodies = st.recursive(
+    leaves,
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.text(max_size=10) | st.binary(max_size=10), inner, max_size=5),
+    max_leaves=25,
+)
+requests = st.builds(
+    lambda rid, op, body, timeout: (rid, op, body, timeout),
+    st.integers(0, 2**64 - 1),
+    st.text(min_size=1, max_size=30),
+    bodies,
+    st.none() | st.integers(0, 2**32),
+)
+
+
+def stream_of(payloads):
+    return b"".join(b"".join(frame(p)) for p in payloads)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for point in [*points, len(data)]:
+        pieces.append(data[last:point])
+        last = point
+    return pieces
+
+
+def decode_all(chunks, max_frame=MAX_FRAME):
+    decoder = FrameDecoder(max_frame)
+    out = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+    decoder.eof()
+    return out
+
+
+# --- framing properties -----------------------------------------------------------------
+
+
+@PROPERTY
+@given(st.lists(requests, min_size=1, max_size=8), st.lists(st.integers(0, 10**6), max_size=30))
+def test_any_split_of_a_valid_stream_decodes_to_the_same_messages(messages, cuts):
+    payloads = [encode_request(*m, strict_keys=True) for m in messages]
+    data = stream_of(payloads)
+    decoded = decode_all(split(data, cuts))
+    assert decoded == payloads
+    for payload, (rid, op, body, timeout) in zip(decoded, messages, strict=True):
+        request = parse_request(decode_cbor(payload))
+        assert (request.id, request.op, request.body, request.timeout_ms) == (
+            rid, op, body, timeout
+        )
+
+
+@PROPERTY
+@given(st.lists(requests, min_size=1, max_size=4))
+def test_byte_at_a_time_decodes_the_same(messages):
+    payloads = [encode_request(*m, strict_keys=True) for m in messages]
+    data = stream_of(payloads)
+    assert decode_all([data[i : i + 1] for i in range(len(data))]) == payloads
+
+
+@PROPERTY
+@given(st.binary(max_size=600), st.lists(st.integers(0, 10**4), max_size=10))
+def test_garbage_raises_only_the_typed_error(garbage, cuts):
+    decoder = FrameDecoder(MAX_FRAME)
+    try:
+        for chunk in split(garbage, cuts):
+            for payload in decoder.feed(chunk):
+                parse_request(decode_cbor(payload))
+        decoder.eof()
+    except FrameError as error:
+        assert error.code in ERROR_CODES
+        assert error.message
+        with pytest.raises(FrameError):  # a spent decoder stays spent
+            decoder.feed(b"NE\x01\x00")
+
+
+@PROPERTY
+@given(st.binary(max_size=300))
+def test_garbage_payloads_raise_only_the_typed_error(payload):
+    for parse in (parse_request, parse_reply):
+        try:
+            parse(decode_cbor(payload))
+        except FrameError as error:
+            assert error.code in {"bad-cbor", "bad-message", "bad-request"}
+
+
+@PROPERTY
+@given(st.lists(requests, min_size=1, max_size=3), st.data())
+def test_a_stream_cut_inside_a_frame_is_truncated(messages, data):
+    payloads = [encode_request(*m, strict_keys=True) for m in messages]
+    stream = stream_of(payloads)
+    boundaries = set()
+    offset = 0
+    for p in payloads:
+        offset += HEADER_SIZE + len(p)
+        boundaries.add(offset)
+    cut = data.draw(st.integers(1, len(stream) - 1).filter(lambda c: c not in boundaries))
+    decoder = FrameDecoder(MAX_FRAME)
+    complete = decoder.feed(stream[:cut])
+    assert complete == payloads[: len(complete)]
+    with pytest.raises(FrameError) as caught:
+        decoder.eof()
+    assert caught.value.code == "truncated"
+
+
+@PROPERTY
+@given(st.integers(MAX_FRAME + 1, 2**32 - 1), st.binary(max_size=100))
+def test_oversized_frame_is_refused_at_its_header(length, rest):
+    header = struct.pack(">2sBBI", MAGIC, 1, 0, length)
+    decoder = FrameDecoder(MAX_FRAME)
+    with pytest.raises(FrameError) as caught:
+        decoder.feed(header + rest)  # refused before any payload byte is awaited
+    assert caught.value.code == "frame-too-large"
+    assert str(length) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "needle"),
+    [
+        (b"G", "HTTP"),
+        (b"\x16\x03", "TLS"),
+        (b"NX", "bad magic"),
+        (b"NE\x02", "version 2"),
+        (b"NE\x01\x80", "flags 0x80"),
+        (b"NE\x01\x00\x00\x00\x00\x00", "empty payload"),
+    ],
+)
+def test_bad_header_is_refused_as_soon_as_its_bytes_arrive(first_bytes, needle):
+    with pytest.raises(FrameError) as caught:
+        FrameDecoder(MAX_FRAME).feed(first_bytes)
+    assert caught.value.code == "bad-frame" and needle in caught.value.message
+
+
+def test_frame_header_layout_is_big_endian_with_magic_version_flags():
+    payload = encode_response(7, "ok", strict_keys=True)
+    data = b"".join(frame(payload))
+    assert data[:2] == b"NE" and data[2] == 1 and data[3] == 0
+    assert int.from_bytes(data[4:8], "big") == len(payload)
+    assert data[8:] == payload
+    assert cbor2.loads(payload) == {"id": 7, "body": "ok"}
+    big = b"".join(frame(b"\x40" * 70_000))
+    assert big[4:8] == (70_000).to_bytes(4, "big")
+
+
+# --- CBOR rules ---------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(bodies, st.binary(min_size=1, max_size=20))
+def test_bytes_after_the_cbor_item_are_refused(body, trailing):
+    payload = encode_response(1, body, strict_keys=True)
+    with pytest.raises(FrameError) as caught:
+        decode_cbor(payload + trailing)
+    assert caught.value.code == "bad-cbor"
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [(28, [1]), (29, 0), (35, "a+"), (36, "MIME-Version: 1.0\r\n\r\n"), (256, "x"), (25, 0)],
+)
+def test_tags_that_build_live_objects_are_refused(tag, value):
+    payload = cbor2.dumps({"id": 1, "op": "x", "body": cbor2.CBORTag(tag, value)})
+    with pytest.raises(FrameError) as caught:
+        decode_cbor(payload)
+    assert caught.value.code == "bad-cbor" and f"tag {tag}" in caught.value.message
+
+
+def test_strict_keys_refuse_non_string_map_keys_both_ways():
+    payload = cbor2.dumps({"id": 1, "op": "x", "body": {1: "one"}})
+    with pytest.raises(FrameError) as caught:
+        decode_cbor(payload)
+    assert caught.value.code == "bad-cbor" and "map key" in caught.value.message
+    assert decode_cbor(payload, strict_keys=False)["body"] == {1: "one"}
+    with pytest.raises(FrameError) as caught:
+        encode_request(1, "x", {"a": [{(1, 2): 3}]}, None, strict_keys=True)
+    assert caught.value.code == "bad-request" and "tuple" in caught.value.message
+    with pytest.raises(FrameError) as caught:
+        encode_response(1, {2: 3}, strict_keys=True)
+    assert caught.value.code == "bad-response"
+    assert encode_response(1, {2: 3}, strict_keys=False)
+
+
+def test_deep_nesting_and_duplicate_keys_are_refused():
+    deep = b"\x81" * (CBOR_MAX_DEPTH + 5) + b"\x00"
+    with pytest.raises(FrameError):
+        decode_cbor(deep)
+    duplicate = bytes.fromhex("a2 61 61 01 61 61 02")  # {"a": 1, "a": 2}
+    with pytest.raises(FrameError):
+        decode_cbor(duplicate)
+
+
+def test_unencodable_body_is_a_typed_error():
+    with pytest.raises(FrameError) as caught:
+        encode_request(1, "x", object(), None, strict_keys=True)
+    assert caught.value.code == "bad-request"
+
+
+# --- message schema -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "request_id"),
+    [
+        ([1, 2], "bad-message", None),
+        ({"op": "x"}, "bad-message", None),
+        ({"id": -1, "op": "x"}, "bad-message", None),
+        ({"id": True, "op": "x"}, "bad-message", None),
+        ({"id": 5}, "bad-request", 5),
+        ({"id": 5, "op": ""}, "bad-request", 5),
+        ({"id": 5, "op": "x" * 129}, "bad-request", 5),
+        ({"id": 5, "op": "x", "timeout_ms": -1}, "bad-request", 5),
+        ({"id": 5, "op": "x", "timeout_ms": 1.5}, "bad-request", 5),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(message, code, request_id):
+    with pytest.raises(FrameError) as caught:
+        parse_request(decode_cbor(cbor2.dumps(message)))
+    assert caught.value.code == code and caught.value.request_id == request_id
+
+
+def test_unknown_request_keys_are_ignored_and_body_defaults_to_null():
+    request = parse_request({"id": 1, "op": "x", "future": 1})
+    assert request.body is None and request.timeout_ms is None
+
+
+def test_replies_parse_and_error_codes_are_sanitised():
+    assert parse_reply(decode_cbor(encode_response(3, [1], strict_keys=True))).body == [1]
+    reply = parse_reply(decode_cbor(encode_error(None, "read-timeout", "slow")))
+    assert reply.id is None and reply.error == ("read-timeout", "slow")
+    assert parse_reply(cbor2.loads(encode_error(4, "Not A Code!", "x"))).error[0] == "internal"
+    long = parse_reply(cbor2.loads(encode_error(4, "x", "m" * 5000))).error[1]
+    assert len(long) == 1024
+    for bad in ({"body": 1}, {"id": 1, "error": "x"}, {"id": 1, "error": {"code": 5}}):
+        with pytest.raises(FrameError):
+            parse_reply(bad)
+
+
+def test_limits_are_validated():
+    for field, value in [("max_frame", 0), ("max_frame", 2**32), ("read_timeout", -1),
+                         ("max_in_flight", 1.5), ("idle_timeout", float("nan"))]:
+        with pytest.raises(Exception) as caught:
+            ProtocolLimits(**{field: value})
+        assert caught.value.code == "invalid-limits"
