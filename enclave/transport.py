@@ -287,6 +287,19 @@ async def start_server(
 _NOT_RETRYABLE = {errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM, errno.EINVAL}
 
 
+def _ensure_connected(sock: socket.socket) -> None:
+    """Refuse a socket that never connected.
+
+    A non-blocking AF_UNIX connect to a listener whose backlog is full fails with EAGAIN,
+    which asyncio's ``sock_connect`` takes for "in progress" and then reports as success on
+    a socket that has no peer. Treat that as a retryable, full backlog.
+    """
+    try:
+        sock.getpeername()
+    except OSError:
+        raise BlockingIOError(errno.EAGAIN, "the listener's backlog is full") from None
+
+
 def _classify(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError | FileNotFoundError | ConnectionResetError):
         return "connect-refused"
@@ -383,6 +396,7 @@ async def open_connection(
             wait = max(0.001, min(limits.connect_attempt_timeout, end - loop.time()))
             async with asyncio.timeout(wait):
                 await loop.sock_connect(sock, target.sockaddr)
+            _ensure_connected(sock)
             reader, writer = await asyncio.open_connection(sock=sock, limit=limits.stream_limit)
         except OSError as exc:  # TimeoutError included
             sock.close()

@@ -282,6 +282,61 @@ def test_connecting_to_own_sim_cid_hints_at_the_parent_cid(sim_dir, monkeypatch)
     assert f"parent is CID {PARENT_CID}" in caught.value.message
 
 
+def test_a_full_backlog_never_yields_a_dead_stream(sim_dir):
+    """AF_UNIX EAGAIN (backlog full) is retried, not returned as a connected stream."""
+    sim_dir.mkdir(mode=0o700)
+    path = str(sim_dir / "16-5996.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    fillers = []
+    try:
+        while True:  # fill the backlog: the next non-blocking connect gets EAGAIN
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            try:
+                filler.connect(path)
+            except BlockingIOError:
+                break
+            if len(fillers) > 64:
+                pytest.fail("could not fill an AF_UNIX backlog")
+
+        async def scenario():
+            with pytest.raises(TransportError) as info:
+                await open_connection(VsockAddress(16, 5996), deadline=0.5, sim_dir=sim_dir)
+            assert "16" in str(info.value) and "5996" in str(info.value)
+
+            loop = asyncio.get_running_loop()
+
+            async def drain_later():
+                await asyncio.sleep(0.3)
+                listener.setblocking(False)
+                accepted = []
+                for _ in range(len(fillers)):  # the queued fillers (all but the last), then us
+                    conn, _ = await loop.sock_accept(listener)
+                    accepted.append(conn)
+                return accepted
+
+            drainer = loop.create_task(drain_later())
+            address = VsockAddress(16, 5996)
+            _reader, writer = await open_connection(address, deadline=5, sim_dir=sim_dir)
+            accepted = await drainer
+            writer.write(b"ping")
+            await writer.drain()
+            accepted[-1].setblocking(True)
+            assert accepted[-1].recv(4) == b"ping"
+            writer.close()
+            for c in accepted:
+                c.close()
+
+        run(scenario())
+    finally:
+        for f in fillers:
+            f.close()
+        listener.close()
+
+
 def test_open_connection_waits_for_a_server_that_starts_late(sim_dir):
     async def scenario():
         loop = asyncio.get_running_loop()
