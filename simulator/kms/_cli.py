@@ -117,6 +117,10 @@ async def _serve(
         mode=0o644,
     )
     print(f"kms listening on {url}", flush=True)
+    print(
+        f"access keys and principals: {server.credentials.path} (defaults in docs/kms.md)",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
