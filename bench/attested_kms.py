@@ -16,7 +16,7 @@ is fetched once). Rows, all with unmodified boto3 on the same run:
 
 Each row: requests one after another (per second, p50, p99) and with several client threads.
 Run: ``.venv/bin/python bench/attested_kms.py [--requests N] [--threads T]``; prints Markdown
-for docs/benchmarks/attested-kms.md. Finishes in well under two minutes.
+for docs/benchmarks.md. Finishes in well under two minutes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ puts a policy from ``parent.key_policy`` on a key, and measures with unmodified 
 
 Also the in-process costs of CMS build/open against their floors (one RSA-2048 OAEP public /
 private operation). Run: ``.venv/bin/python bench/kms.py [--requests N]``. Prints Markdown for
-docs/benchmarks/kms.md.
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

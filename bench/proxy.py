@@ -14,7 +14,7 @@ parent proxy (``python -m parent proxy``) in front of it. Compared in the same r
   against a protocol client on the enclave socket directly;
 * the enclave app's RSS when idle and its peak under the loads above.
 
-Prints a Markdown table (docs/benchmarks/proxy.md).
+Prints a Markdown table (docs/benchmarks.md).
 """
 
 from __future__ import annotations

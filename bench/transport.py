@@ -25,7 +25,7 @@ reported, and ratios are medians of per-round ratios. The CPU time of the middle
 GB (socat's forked children included) is reported too: on a shared machine it is steadier
 than wall-clock throughput. Run:
 ``.venv/bin/python bench/transport.py`` (socat: ``apt-get install -y socat``; without it the
-socat rows say so). Prints a Markdown table for docs/benchmarks/transport.md. Stops by
+socat rows say so). Prints a Markdown table for docs/benchmarks.md. Stops by
 itself after DEADLINE_S at most.
 """
 

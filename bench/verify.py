@@ -14,7 +14,7 @@ TestPKI documents, each verified cold (a fresh Verifier per document: full chain
 
 Run: ``.venv/bin/python bench/verify.py`` (needs ``pip install evervault-attestation-bindings
 ==0.5.0`` and ``apt-get install faketime`` for the comparison; without them it says so).
-Prints a Markdown table for docs/benchmarks/verify.md.
+Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
