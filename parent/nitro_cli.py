@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -572,24 +573,37 @@ def _kill_group(proc: subprocess.Popen[Any]) -> None:
         proc.wait(timeout=5)
 
 
+MAX_JSON_CANDIDATES = 64
+"""Places in one output where a JSON value is tried; bounds the work on hostile output."""
+_JSON_LINE_START = re.compile(r"^[ \t]*([{\[])", re.MULTILINE)
+
+
 def _json_values(text: str) -> list[Any]:
-    """Every top-level JSON object/array in ``text``, skipping prose lines such as
-    "Enclave Image successfully created." (printed to stdout by older nitro-cli)."""
+    """Every JSON object/array that starts a line of ``text``, skipping prose lines such as
+    "Enclave Image successfully created." (printed to stdout by older nitro-cli).
+
+    Never raises: deeply nested or unterminated JSON is skipped, and at most
+    ``MAX_JSON_CANDIDATES`` line starts are tried.
+    """
     decoder = json.JSONDecoder()
     out: list[Any] = []
     pos = 0
-    while True:
-        starts = [i for i in (text.find("{", pos), text.find("[", pos)) if i >= 0]
-        if not starts:
-            return out
-        start = min(starts)
+    for _ in range(MAX_JSON_CANDIDATES):
+        match = _JSON_LINE_START.search(text, pos)
+        if match is None:
+            break
+        start = match.start(1)
         try:
             value, end = decoder.raw_decode(text, start)
-        except ValueError:
-            pos = start + 1
+        except (ValueError, RecursionError):
+            newline = text.find("\n", start)
+            if newline < 0:
+                break
+            pos = newline + 1
             continue
         out.append(value)
         pos = end
+    return out
 
 
 # --- CLI (used by mk/enclave.mk) -----------------------------------------------------------------

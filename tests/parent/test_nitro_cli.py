@@ -435,3 +435,30 @@ def test_module_cli_build_and_errors(fake: FakeNitro, tmp_path: Path, monkeypatc
     code = main(["run", "--eif-path", str(eif), "--cpu-count", "2", "--memory", "512"])
     err = capsys.readouterr().err
     assert code == 1 and "error [E19]" in err and "fix:" in err and "EnclaveOptions" in err
+
+
+# --- output parsing: hostile or odd stdout never escapes as anything but data ---------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSONISH = st.text(alphabet='{}[]":,0123456789 \n\tabcxyzEnclave.', max_size=100)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prose=st.text(max_size=80), noise=_JSONISH)
+def test_json_values_never_raises_and_finds_line_start_json(prose: str, noise: str) -> None:
+    prose = prose.replace("{", "").replace("[", "")
+    found = _json_values(f"{prose}\n{noise}\n{{\n  \"PCR0\": \"ab\"\n}}\n")
+    assert isinstance(found, list)
+    assert {"PCR0": "ab"} in found  # noise never hides a JSON value that starts a line
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["[" * 100_000, '{"a":' * 50_000, "[0," * 300_000, "{\n" * 200_000, "\n[" * 100_000],
+)
+def test_hostile_output_is_bounded_and_raises_nothing(hostile: str) -> None:
+    start = time.monotonic()
+    assert _json_values(hostile) == []
+    assert time.monotonic() - start < 2.0
