@@ -210,7 +210,7 @@ class ProxyHandlers:
         raw = b"".join(chunks)
         try:
             body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ProxyError(400, "bad-json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "bad-json", "the body must be a JSON object")

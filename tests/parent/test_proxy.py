@@ -195,6 +195,8 @@ def test_attestation_for_an_outside_key_is_refused(
     [
         ("POST", "/v1/echo", {"data": b"{not json"}, 400, "bad-json"),
         ("POST", "/v1/echo", {"json": [1, 2]}, 400, "bad-json"),
+        ("POST", "/v1/echo", {"data": b"[" * 100_000}, 400, "bad-json"),
+        ("POST", "/attestation", {"data": b'{"a":' * 50_000}, 400, "bad-json"),
         ("POST", "/v1/echo", {"json": {"data": "%%%"}}, 400, "bad-base64"),
         ("POST", "/v1/missing", {"json": {}}, 404, "unknown-op"),
         ("POST", "/v1/hidden", {"json": {}}, 404, "unknown-op"),
