@@ -40,6 +40,7 @@ from typing import Any
 from cryptography import x509
 
 from attestation import AttestationDocument, AttestationError, Policy, verify
+from attestation.errors import CodedError
 from enclave.e2e import E2EError, load_public_key, seal_request
 
 __all__ = [
@@ -55,14 +56,14 @@ __all__ = [
 NONCE_LEN = 32
 
 
-class EnclaveClientError(Exception):
+class EnclaveClientError(CodedError):
     """A call failed. ``code`` is stable: the enclave's or proxy's error code, or one of
     ``http-error``, ``unreachable``, ``bad-response``, ``attestation-failed``."""
 
+    show_code = True
+
     def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.status = status
 
 
@@ -154,7 +155,7 @@ class EnclaveClient:
             raise EnclaveClientError("bad-response", "answer larger than max_response_bytes")
         try:
             payload = json.loads(raw) if raw else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # a hostile parent may send anything
             raise EnclaveClientError(
                 "bad-response", f"HTTP {status}: not JSON", status=status
             ) from exc

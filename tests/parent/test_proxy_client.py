@@ -164,6 +164,29 @@ def test_a_replayed_document_is_refused(pki: TestPKI) -> None:
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("answer", [b"[" * 100_000, b'{"document":' * 50_000, b"\xff\xfe"])
+def test_a_hostile_parent_answer_is_a_typed_error(answer: bytes) -> None:
+    """Whatever the parent sends back, the client raises EnclaveClientError only."""
+
+    async def hostile_proxy(request: web.Request) -> web.Response:
+        return web.Response(body=answer, content_type="application/json")
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_post("/attestation", hostile_proxy)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        client = EnclaveClient(url, Policy(pcrs={0: PCR0}))
+        with pytest.raises(EnclaveClientError) as info:
+            await asyncio.to_thread(client.attest)
+        assert info.value.code == "bad-response"
+        await runner.cleanup()
+
+    asyncio.run(go())
+
+
 def test_client_re_attests_after_an_enclave_restart(pki: TestPKI, sim_dir: str) -> None:
     first, second = make_app(pki), make_app(pki)  # a restart: same code, new HPKE key
     assert first.e2e_key.public_key_der != second.e2e_key.public_key_der
