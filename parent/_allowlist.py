@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from attestation.errors import CodedError
+
 DEFAULT_ALLOWLIST = Path(__file__).with_name("vsock-proxy.yaml")
 """The packaged allowlist: KMS endpoints of the main regions (like AWS's default file)."""
 
@@ -30,16 +32,10 @@ MAX_HOST_LENGTH = 253
 """Longest DNS name (RFC 1035) or IP literal accepted as an address."""
 
 
-class AllowlistError(Exception):
+class AllowlistError(CodedError):
     """The allowlist could not be read, or a destination is not on it. `code` is stable."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+    show_code = True
 
 
 class IpFamily(enum.Enum):
@@ -73,6 +69,8 @@ def parse_allowlist(text: str | bytes) -> tuple[AllowedEndpoint, ...]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise AllowlistError("allowlist-malformed", f"bad YAML{where}") from None
+    except RecursionError:
+        raise AllowlistError("allowlist-malformed", "YAML nests too deeply") from None
     if not isinstance(doc, dict) or "allowlist" not in doc:
         raise AllowlistError("allowlist-malformed", "no 'allowlist' field")
     raw = doc["allowlist"]

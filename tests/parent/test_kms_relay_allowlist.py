@@ -84,6 +84,7 @@ def test_round_trip(entries):
         ("allowlist:\n- just-a-string", "not a mapping"),
         ("allowlist: [\n", "bad YAML"),
         ("- a\n- b", "no 'allowlist' field"),
+        ("allowlist: " + "[" * 20_000, "nests too deeply"),
     ],
 )
 def test_malformed_files_have_a_clear_error(text, needle):
