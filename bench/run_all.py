@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["verify.py", "transport.py", "kms.py", "attested_kms.py", "proxy.py"]
+BENCHES = ["verify.py", "transport.py", "kms.py", "attested_kms.py", "proxy.py", "image.py"]
 TIMEOUT_S = 300
 
 

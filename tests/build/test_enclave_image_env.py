@@ -4,7 +4,8 @@ Dockerfile.enclave installs only ``enclave/requirements.txt`` (exact versions, h
 and copies only ``attestation/`` and ``enclave/``. This test does the same in a fresh virtual
 environment outside the repository, then imports every module and runs ``python -m enclave
 --help``: a missing runtime dependency, a wrong hash, or an import of ``parent``/``simulator``
-from enclave code fails here instead of inside a Nitro Enclave.
+from enclave code fails here instead of inside a Nitro Enclave. The image's trim step (only
+the KMS service model is kept) runs too, and boto3's KMS client must still work after it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ for package in ("attestation", "enclave"):
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("parent", "simulator"))
 assert not leaked, leaked
 print(len(names))
+"""
+
+
+KMS_ONLY = """
+import boto3, botocore.exceptions
+kw = dict(region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+kms = boto3.client("kms", endpoint_url="http://127.0.0.1:9", **kw)
+assert kms.meta.service_model.operation_model("Decrypt").input_shape.members["Recipient"]
+try:
+    boto3.client("s3", **kw)
+except botocore.exceptions.UnknownServiceError:
+    pass
+else:
+    raise AssertionError("the s3 model should have been trimmed")
 """
 
 
@@ -80,9 +95,16 @@ def test_enclave_code_runs_on_exactly_the_image_dependencies(tmp_path: Path) -> 
         shutil.copytree(ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
     env["PYTHONPATH"] = str(app)
 
+    trimmed = _run([str(py), "-m", "enclave._image_trim"], app, env, RUN_TIMEOUT_S)
+    assert trimmed.returncode == 0, trimmed.stderr[-2000:]
+    assert "removed" in trimmed.stderr
+
     imported = _run([str(py), "-c", IMPORT_ALL], app, env, RUN_TIMEOUT_S)
     assert imported.returncode == 0, imported.stderr[-3000:]
     assert int(imported.stdout.strip()) > 20
+
+    clients = _run([str(py), "-c", KMS_ONLY], app, env, RUN_TIMEOUT_S)
+    assert clients.returncode == 0, clients.stderr[-3000:]
 
     helped = _run([str(py), "-m", "enclave", "--help"], app, env, RUN_TIMEOUT_S)
     assert helped.returncode == 0, helped.stderr[-2000:]
