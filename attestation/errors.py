@@ -2,6 +2,9 @@
 
 Every error carries a ``code`` (never reused, never renamed), a human ``message`` and, where a
 value was compared, what was ``expected`` versus what was ``found``.
+
+:class:`CodedError` is that shape on its own, the base the other packages' typed errors share;
+:class:`AttestationError` is the family this library raises.
 """
 
 from __future__ import annotations
@@ -9,13 +12,21 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class AttestationError(Exception):
-    """Base of every error this library raises; ``code`` is stable and scriptable."""
+class CodedError(Exception):
+    """An error with a stable ``code``, a human ``message`` and optional ``expected``/``found``.
 
-    code: ClassVar[str] = "attestation-error"
+    A family with one code per class passes its class attribute (``type(self).code``); others
+    pass the code per instance. ``str()`` is the message, or ``"code: message"`` when the class
+    sets ``show_code``.
+    """
 
-    def __init__(self, message: str, *, expected: Any = None, found: Any = None) -> None:
-        super().__init__(message)
+    code: str
+    show_code: ClassVar[bool] = False
+    """True: ``str()`` (and ``args``) read ``"code: message"`` instead of the bare message."""
+
+    def __init__(self, code: str, message: str, *, expected: Any = None, found: Any = None) -> None:
+        super().__init__(f"{code}: {message}" if self.show_code else message)
+        self.code = code
         self.message = message
         self.expected = expected
         self.found = found
@@ -28,6 +39,15 @@ class AttestationError(Exception):
         if self.found is not None:
             out["found"] = _jsonable(self.found)
         return out
+
+
+class AttestationError(CodedError):
+    """Base of every error this library raises; ``code`` is stable and scriptable."""
+
+    code: ClassVar[str] = "attestation-error"
+
+    def __init__(self, message: str, *, expected: Any = None, found: Any = None) -> None:
+        super().__init__(type(self).code, message, expected=expected, found=found)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"

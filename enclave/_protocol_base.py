@@ -6,6 +6,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from attestation.errors import CodedError
+
 PROTOCOL_VERSION = 1
 MAX_U32 = 0xFFFFFFFF
 MAX_REQUEST_ID = 2**64 - 1
@@ -39,16 +41,10 @@ ERROR_CODES: dict[str, str] = {
 }
 
 
-class ProtocolError(Exception):
+class ProtocolError(CodedError):
     """A protocol failure with a stable ``code`` (see ERROR_CODES) and a ``message``."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+    show_code = True
 
 
 class FrameError(ProtocolError):
@@ -79,7 +75,7 @@ class RequestTimeoutError(ProtocolError, TimeoutError):
         super().__init__("timeout", message)
 
 
-class HandlerError(Exception):
+class HandlerError(CodedError):
     """Raised by a handler to answer with a typed error: its code and message reach the
     client unchanged. Any other exception becomes code "internal" with a generic message.
 
@@ -87,10 +83,10 @@ class HandlerError(Exception):
     a handler error with another code is answered as "internal" and logged.
     """
 
+    show_code = True
+
     def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = str(message)
+        super().__init__(code, str(message))
 
 
 def clip(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:

@@ -9,6 +9,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from attestation.errors import CodedError
+
 VMADDR_CID_HYPERVISOR = 0
 VMADDR_CID_LOCAL = 1
 VMADDR_CID_HOST = 2
@@ -31,21 +33,18 @@ _RESERVED_CIDS = {
 }
 
 
-class TransportError(Exception):
+class TransportError(CodedError):
     """A vsock transport failure with a stable `code` naming what went wrong.
 
     Codes: invalid-address, connect-refused, connect-timeout, connect-failed, address-in-use,
     bind-failed, vsock-unavailable, sim-dir-unsafe, sim-cid-unset, invalid-limits.
     """
 
-    def __init__(self, code: str, message: str, *, address: VsockAddress | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.address = address
+    show_code = True
 
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+    def __init__(self, code: str, message: str, *, address: VsockAddress | None = None) -> None:
+        super().__init__(code, message)
+        self.address = address
 
 
 def _describe(value: object) -> str:

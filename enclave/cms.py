@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from attestation.errors import CodedError
+
 __all__ = [
     "AES_KEY_BYTES",
     "CMS_ERROR_CODES",
@@ -61,25 +63,13 @@ _OID_DATA = "data"
 _ACCEPTED_ENVELOPED_VERSIONS = frozenset({"v0", "v2"})  # v2: KMS; v0: openssl, issuerAndSerial
 
 
-class CmsError(Exception):
+class CmsError(CodedError):
     """Base of every error of this module; ``code`` is stable and scriptable."""
 
     code: ClassVar[str] = "cms-error"
 
     def __init__(self, message: str, *, expected: Any = None, found: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.expected = expected
-        self.found = found
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready ``{"code", "message"}`` (plus expected/found when known)."""
-        out: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.expected is not None:
-            out["expected"] = self.expected
-        if self.found is not None:
-            out["found"] = self.found
-        return out
+        super().__init__(type(self).code, message, expected=expected, found=found)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"

@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.errors import CodedError
+
 VERSION = 1
 SUITE_NAME = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
 REQUEST_LABEL = b"nitro-toolkit/e2e/v1/request"
@@ -47,13 +49,10 @@ MAX_SEALED_LEN = 1 << 20
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
-class E2EError(Exception):
+class E2EError(CodedError):
     """A sealed request or reply could not be built or opened; ``code`` is stable."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    show_code = True
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from attestation.errors import CodedError
+
 from ._enclave_key import KeyLimits, RecipientKey, RecipientKeyring
 from .cms import CmsError, decrypt_enveloped_data
 
@@ -102,20 +104,17 @@ _UNREACHABLE = (
 )
 
 
-class KmsError(Exception):
+class KmsError(CodedError):
     """A failed attested KMS call. `code` is stable; `aws_code` is KMS's own, if any."""
+
+    show_code = True
 
     def __init__(
         self, code: str, message: str, *, aws_code: str | None = None, operation: str = ""
     ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.aws_code = aws_code
         self.operation = operation
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "aws_code": self.aws_code}

@@ -33,6 +33,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from attestation.errors import CodedError
+
 from .transport import (
     PARENT_CID,
     SIM_DIR_ENV,
@@ -62,16 +64,10 @@ _RETRY_PAUSE_S = 0.01
 log = logging.getLogger("enclave.kms_tunnel")
 
 
-class TunnelError(Exception):
+class TunnelError(CodedError):
     """The forwarder could not start or was misused; `code` is stable."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+    show_code = True
 
 
 class LoopbackError(TunnelError):

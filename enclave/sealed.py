@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from attestation.errors import CodedError
+
 Kind = Literal["ec-p256", "ed25519", "hmac"]
 KINDS: tuple[str, ...] = ("ec-p256", "ed25519", "hmac")
 SIGNING_KINDS: tuple[str, ...] = ("ec-p256", "ed25519")
@@ -26,13 +28,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MIN_HMAC_KEY_LEN = 16
 
 
-class SealedError(Exception):
+class SealedError(CodedError):
     """A sealed-secret operation failed; ``code`` is stable (docs/app.md)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    show_code = True
 
 
 @dataclass(frozen=True)

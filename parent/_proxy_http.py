@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from attestation.errors import CodedError
 from enclave.protocol import RemoteError
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
@@ -77,12 +78,12 @@ class HttpLimits:
     queue_timeout_s: float = 5.0  # how long one waits for a slot
 
 
-class ProxyError(Exception):
+class ProxyError(CodedError):
+    show_code = True
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(code, message)
         self.status = status
-        self.code = code
-        self.message = message
 
 
 def error_response(status: int, code: str, message: str, rid: str) -> web.Response:

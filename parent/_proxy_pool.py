@@ -17,19 +17,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from attestation.errors import CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, ProtocolLimits, RemoteError
 from enclave.transport import VsockAddress
 
 log = logging.getLogger("parent.proxy")
 
 
-class EnclaveUnavailable(Exception):
+class EnclaveUnavailable(CodedError):
     """No usable connection to the enclave (it is down, restarting, or the link broke)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    show_code = True
 
 
 @dataclass(frozen=True)

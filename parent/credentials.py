@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from attestation.errors import CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
 from enclave.transport import TransportError, VsockAddress
 
@@ -44,17 +45,11 @@ DEFAULT_ENCLAVE_PORT = 5000
 log = logging.getLogger("parent.credentials")
 
 
-class HandoffError(Exception):
+class HandoffError(CodedError):
     """A push failed; `code` is stable (``no-credentials``, ``enclave-unreachable``,
     ``enclave-refused``, ``timeout``)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+    show_code = True
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from attestation.errors import CodedError
+
 from ._userdata import UserDataConfig, render
 
 __all__ = [
@@ -56,13 +58,8 @@ ENCLAVE_FAMILIES = frozenset(_FAMILIES.split())
 GRAVITON = re.compile(r"^[a-z]+\d+g")
 
 
-class DeployError(Exception):
+class DeployError(CodedError):
     """A deployment problem with a stable ``code`` and a human message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from attestation.errors import CodedError
+
 __all__ = [
     "ADMIN_ACTIONS",
     "ATTESTED_ACTIONS",
@@ -97,13 +99,8 @@ _ROOT_RE = re.compile(r"^(arn:aws[a-z-]*:iam::\d{12}:root|\d{12})$")
 _POSITIVE_OPERATORS = frozenset({"stringequals", "stringequalsignorecase", "stringlike"})
 
 
-class KeyPolicyError(Exception):
+class KeyPolicyError(CodedError):
     """Measurements or arguments cannot make a safe policy; ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # ---------------------------------------------------------------------------- measurements

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attestation.errors import CodedError
+
 from ._nitro_errors import ErrorInfo, explain, find_code
 
 __all__ = [
@@ -70,7 +72,7 @@ class NitroCliLimits:
 DEFAULT_LIMITS = NitroCliLimits()
 
 
-class NitroCliError(Exception):
+class NitroCliError(CodedError):
     """A nitro-cli failure: ``code`` is ``Exx`` or one of ``nitro-cli-missing``,
     ``nitro-cli-timeout``, ``nitro-cli-output``, ``nitro-cli-failed``, ``invalid-argument``."""
 
@@ -85,9 +87,7 @@ class NitroCliError(Exception):
         returncode: int | None = None,
         command: Sequence[str] = (),
     ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.explanation = explanation
         self.fix = fix
         self.stderr = stderr

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from attestation.errors import CodedError
+
 __all__ = ["HTTP_STATUS", "KmsError"]
 
 HTTP_STATUS: dict[str, int] = {
@@ -47,15 +49,13 @@ HTTP_STATUS: dict[str, int] = {
 }
 
 
-class KmsError(Exception):
+class KmsError(CodedError):
     """An error answered to the client; ``code`` is the KMS exception name."""
 
     def __init__(self, code: str, message: str) -> None:
         if code not in HTTP_STATUS:
             raise ValueError(f"unknown KMS error code {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
     @property
     def status(self) -> int:

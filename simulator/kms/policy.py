@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from attestation.errors import CodedError
+
 __all__ = [
     "MAX_KEY_POLICY_BYTES",
     "AuthzRequest",
@@ -67,14 +69,13 @@ _ROOT_RE = re.compile(r"^(?:arn:aws[a-z-]*:iam::(\d{12}):root|(\d{12}))$")
 _ASSUMED_ROLE_RE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+$")
 
 
-class PolicyDocumentError(Exception):
+class PolicyDocumentError(CodedError):
     """The policy text is not a key policy this KMS accepts; ``code`` is stable."""
 
     code = "malformed-policy"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(type(self).code, message)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from attestation.errors import CodedError
+
 __all__ = [
     "MAX_ALIASES",
     "MAX_KEYS",
@@ -43,13 +45,8 @@ MAX_STATE_FILE_BYTES = 1 << 20
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-class StoreError(Exception):
+class StoreError(CodedError):
     """The state directory is unusable or a limit is reached; ``code`` says which."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
