@@ -303,12 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=_cmd_inspect)
 
-    try:
-        from . import _cli_pcrs  # type: ignore[attr-defined]  # added by another module
-    except ImportError:
-        pass
-    else:
-        _cli_pcrs.register(sub)
+    from . import _cli_pcrs  # here, not at the top: it imports helpers from this module
+
+    _cli_pcrs.register(sub)
     return parser
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ._cli import UsageError, _load_roots, _parse_at, _read_input
 from .errors import AttestationError, EifError
 from .pcr import pcr3_from_role_arn, pcr4_from_instance_id
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
-MAX_DOCUMENT_FILE = 64 * 1024  # an attestation document is ~4.5 KiB; base64/hex fit easily
 
 
 def register(subparsers: Any) -> None:
@@ -63,27 +62,24 @@ def run_pcrs(args: argparse.Namespace) -> int:
     except EifError as exc:
         _emit_error(exc)
         return EXIT_MISMATCH
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-
-class _UsageError(Exception):
-    pass
 
 
 def _run(args: argparse.Namespace) -> int:
     from .eif import compare_pcrs, load_measurements, measurements_json, read_eif
 
     if not (args.eif or args.role_arn or args.instance_id):
-        raise _UsageError("give --eif FILE, --role-arn ARN and/or --instance-id ID")
+        raise UsageError("give --eif FILE, --role-arn ARN and/or --instance-id ID")
     if (args.check_doc or args.check_measurements) and not args.eif:
-        raise _UsageError("--check-doc / --check-measurements compare an EIF: give --eif FILE")
+        raise UsageError("--check-doc / --check-measurements compare an EIF: give --eif FILE")
     pcrs: dict[int, bytes] = {}
     image = None
     if args.eif:
         if not Path(args.eif).is_file():
-            raise _UsageError(f"no such EIF file: {args.eif}")
+            raise UsageError(f"no such EIF file: {args.eif}")
         image = read_eif(args.eif, check_crc=not args.ignore_crc)
         pcrs.update(image.pcrs)
     if args.role_arn:
@@ -92,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             pcrs[4] = pcr4_from_instance_id(args.instance_id)
         except UnicodeEncodeError as exc:
-            raise _UsageError("--instance-id must be ASCII (e.g. i-0123456789abcdef0)") from exc
+            raise UsageError("--instance-id must be ASCII (e.g. i-0123456789abcdef0)") from exc
 
     if args.check_measurements:
         expected_file = load_measurements(Path(args.check_measurements))
@@ -111,8 +107,8 @@ def _run(args: argparse.Namespace) -> int:
 def _check_document(args: argparse.Namespace, image: Any) -> int:
     from .eif import PcrComparison, compare_eif_with_document
 
-    data = _read_document(args.check_doc)
-    roots = [_load_root(args.root)] if args.root else None
+    data = _read_input(args.check_doc)
+    roots = _load_roots([args.root] if args.root else None)
     at = _parse_at(args.at)
     try:
         result: PcrComparison = compare_eif_with_document(
@@ -145,43 +141,8 @@ def _emit_error(exc: AttestationError) -> None:
     print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
 
 
-def _read_document(name: str) -> bytes:
-    try:
-        if name == "-":
-            raw = sys.stdin.buffer.read(MAX_DOCUMENT_FILE + 1)
-        else:
-            with open(name, "rb") as fh:
-                raw = fh.read(MAX_DOCUMENT_FILE + 1)
-    except OSError as exc:
-        raise _UsageError(f"cannot read document {name!r}: {exc.strerror}") from exc
-    if len(raw) > MAX_DOCUMENT_FILE:
-        raise _UsageError(f"document file larger than {MAX_DOCUMENT_FILE} bytes")
-    return _decode_document(raw)
 
 
-def _decode_document(raw: bytes) -> bytes:
-    """Raw CBOR, hex or base64, detected exactly as ``verify`` does."""
-    from ._cli import decode_input
-
-    return decode_input(raw)
 
 
-def _load_root(path: str) -> Any:
-    from cryptography import x509
 
-    try:
-        return x509.load_pem_x509_certificate(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise _UsageError(f"cannot load root certificate {path!r}: {exc}") from exc
-
-
-def _parse_at(value: str | None) -> Any:
-    if value is None or value == "document":
-        return value
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise _UsageError(f"--at wants ISO 8601 or 'document', got {value!r}") from exc
-    if when.tzinfo is None:
-        raise _UsageError("--at needs a timezone (e.g. 2024-07-16T20:00:00Z)")
-    return when
