@@ -10,13 +10,11 @@ import hmac
 import json
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from aiohttp import web
+from _servers.local_kms import LocalKms
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -33,7 +31,6 @@ from enclave.protocol import ProtocolClient, RemoteError
 from enclave.sealed import SealedError, SealedLimits, SealedStore
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
 from parent.key_policy import key_policy
-from simulator.kms.server import KmsServer, create_app
 from simulator.nsm import SimulatedNsm
 
 ENCLAVE_DIR = Path(__file__).resolve().parents[2] / "enclave"
@@ -145,27 +142,6 @@ def test_store_put_never_raises_untyped(kind: str, material: bytes) -> None:
 # ---------------------------------------------------------------- operations over real KMS
 
 
-class LocalKms:
-    """The local KMS served from a thread of this process (aiohttp on 127.0.0.1)."""
-
-    def __init__(self, state: Path, pki: TestPKI) -> None:
-        self.server = KmsServer(state_dir=state, roots=[pki.root_certificate])
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(create_app(self.server), access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def client(self, keys: dict) -> Any:
-        return boto3.client("kms", endpoint_url=self.url, region_name="us-east-1", **keys)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

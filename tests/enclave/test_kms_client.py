@@ -3,7 +3,6 @@ simulated NSM measuring the real enclave/ code."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from aiohttp import web
+from _servers.local_kms import LocalKms
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
@@ -21,7 +20,6 @@ from attestation import TestPKI
 from enclave.kms import AttestedKms, KeyLimits, KmsError
 from enclave.nsm import NsmClient
 from parent.key_policy import key_policy
-from simulator.kms.server import KmsServer, create_app
 from simulator.nsm import SimulatedNsm
 
 ENCLAVE_DIR = Path(__file__).resolve().parents[2] / "enclave"
@@ -35,27 +33,6 @@ ROLE_KEYS = {"aws_access_key_id": "AKIASIMPARENTROLE001",
 SECRET = b"the launch codes: 0000 (do not log)"
 
 
-class LocalKms:
-    """The local KMS served from a thread of this process (aiohttp on 127.0.0.1)."""
-
-    def __init__(self, state: Path, pki: TestPKI) -> None:
-        self.server = KmsServer(state_dir=state, roots=[pki.root_certificate])
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(create_app(self.server), access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def client(self, keys: dict) -> object:
-        return boto3.client("kms", endpoint_url=self.url, region_name="us-east-1", **keys)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
