@@ -142,8 +142,6 @@ def test_store_put_never_raises_untyped(kind: str, material: bytes) -> None:
 # ---------------------------------------------------------------- operations over real KMS
 
 
-
-
 @pytest.fixture(scope="module")
 def pki() -> TestPKI:
     return TestPKI.generate()

@@ -33,8 +33,6 @@ ROLE_KEYS = {"aws_access_key_id": "AKIASIMPARENTROLE001",
 SECRET = b"the launch codes: 0000 (do not log)"
 
 
-
-
 @pytest.fixture(scope="module")
 def pki():
     return TestPKI.generate()
