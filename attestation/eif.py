@@ -280,6 +280,19 @@ class _Reader:
         self.size = fh.tell()
         fh.seek(0)
 
+    def _read_single(self, sec: EifSection, count: int, limit: int) -> bytes:
+        """The data of a section that may appear once and is read whole, at most ``limit``."""
+        what = sec.type.name.lower()
+        if count > 1:
+            raise EifError(f"EIF has more than one {what} section")
+        if sec.size > limit:
+            raise EifError(
+                f"EIF {what} section is {sec.size} bytes, limit {limit}",
+                expected=limit,
+                found=sec.size,
+            )
+        return self._read_exact(sec.data_offset, sec.size)
+
     def _read_exact(self, offset: int, n: int) -> bytes:
         self.fh.seek(offset)
         data = self.fh.read(n)
@@ -332,28 +345,10 @@ class _Reader:
                     (boot_h if ramdisks == 0 else app_h).update(chunk)
                 ramdisks += 1
             elif sec.type is SectionType.SIGNATURE:
-                if count > 1:
-                    raise EifError("EIF has more than one signature section")
-                if sec.size > self.limits.max_signature_size:
-                    raise EifError(
-                        f"EIF signature section is {sec.size} bytes, "
-                        f"limit {self.limits.max_signature_size}",
-                        expected=self.limits.max_signature_size,
-                        found=sec.size,
-                    )
-                signature = self._read_exact(sec.data_offset, sec.size)
+                signature = self._read_single(sec, count, self.limits.max_signature_size)
                 crc = zlib.crc32(signature, crc)
             else:  # METADATA (types were validated in _layout)
-                if count > 1:
-                    raise EifError("EIF has more than one metadata section")
-                if sec.size > self.limits.max_metadata_size:
-                    raise EifError(
-                        f"EIF metadata section is {sec.size} bytes, "
-                        f"limit {self.limits.max_metadata_size}",
-                        expected=self.limits.max_metadata_size,
-                        found=sec.size,
-                    )
-                raw = self._read_exact(sec.data_offset, sec.size)
+                raw = self._read_single(sec, count, self.limits.max_metadata_size)
                 crc = zlib.crc32(raw, crc)
                 metadata = _parse_metadata(raw)
         for needed in (SectionType.KERNEL, SectionType.CMDLINE, SectionType.RAMDISK):

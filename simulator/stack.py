@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import enclave as _enclave_pkg
+from simulator.kms.store import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENCLAVE_SOURCE = Path(_enclave_pkg.__file__).resolve().parent
@@ -421,10 +422,8 @@ class Stack:
             self.stop()
             raise
         info = self.describe()
-        tmp = self.state / (STACK_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.chmod(tmp, 0o600)  # it lists local (simulated) access keys
-        tmp.replace(self.state / STACK_FILE)
+        # mode 0600: it lists local (simulated) access keys
+        atomic_write(self.state / STACK_FILE, (json.dumps(info, indent=2) + "\n").encode())
         return info
 
     def describe(self) -> dict:
