@@ -59,7 +59,6 @@ __all__ = [
 KMS_RELAY_PORT = 8000
 """Parent vsock port of the KMS relay (vsock-proxy's and kmstool's default)."""
 HTTPS_PORT = 443
-_RETRY_PAUSE_S = 0.01
 
 log = logging.getLogger("enclave.kms_tunnel")
 
@@ -293,26 +292,8 @@ class KmsTunnel:
             await _close(writer)
 
     async def _connect_relay(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """open_connection to the relay, checked: in simulation, a connect to a full AF_UNIX
-        backlog "succeeds" without connecting (asyncio takes EAGAIN for in-progress), so a
-        stream without a peer is dropped and the connect retried until the deadline."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + self.limits.connect_timeout_s
-        while True:
-            reader, writer = await open_connection(
-                self.relay, deadline=max(0.0, end - loop.time())
-            )
-            try:
-                writer.get_extra_info("socket").getpeername()
-            except OSError:
-                writer.close()
-                if loop.time() >= end:
-                    raise TransportError(
-                        "connect-failed", f"{self.relay}: backlog full until the deadline"
-                    ) from None
-                await asyncio.sleep(_RETRY_PAUSE_S)
-            else:
-                return reader, writer
+        """open_connection to the relay, retried until ``connect_timeout_s``."""
+        return await open_connection(self.relay, deadline=self.limits.connect_timeout_s)
 
     async def _accept_connect(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
