@@ -1,4 +1,4 @@
-"""``python -m enclave [--app module:attr] [--port 5000]``: run an enclave app on vsock.
+"""``python -m enclave [--app module:attr] [--port 5000] [--asgi MODULE:ATTR]``: run on vsock.
 
 The default app is the sealed-secrets app (``enclave.handlers:default_app``). A user's app is a
 module path away: ``--app mypkg.app:build`` where ``build`` is an ``enclave.app.App`` or a
@@ -6,6 +6,11 @@ callable returning one. The server listens on ``(VMADDR_CID_ANY, port)`` — in 
 (``NITRO_VSOCK_SIM_DIR``) as ``NITRO_VSOCK_SIM_CID``. It prints one JSON ``ready`` line on
 stdout, logs JSON lines on stderr (ids, codes, timings — never payloads) and stops cleanly on
 SIGTERM/SIGINT. Exit codes: 0 stopped, 2 usage or app loading error, 5 cannot listen.
+
+With ``--asgi MODULE:ATTR`` the process also serves that ASGI 3 app over TLS on vsock port
+``--ingress-port`` (default 5443), with a key pair made here at start and the attestation
+route ahead of the app (``enclave.ingress``, docs/ingress.md); the ready line then carries
+``ingress_port``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--app", default=DEFAULT_APP, help=f"module:attr (default {DEFAULT_APP})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="vsock port (default 5000)")
     p.add_argument("--debug", action="store_true", help="log every request (ids and codes)")
+    p.add_argument("--asgi", metavar="MODULE:ATTR", help="also serve this ASGI app over TLS")
+    p.add_argument("--ingress-port", type=int, default=None,
+                   help="vsock port of the TLS listener (default 5443)")
+    p.add_argument("--tls-cert", metavar="PEM", help="the app's own certificate (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="the app's own private key (with --tls-cert)")
     p.add_argument(
         "--no-loopback",
         action="store_true",
@@ -42,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(app: object, port: int) -> int:
+async def _serve(app: object, port: int, asgi: object = None, args: object = None) -> int:
     from .app import App, log_event
     from .transport import VMADDR_CID_ANY, TransportError, VsockAddress
 
@@ -56,6 +66,14 @@ async def _serve(app: object, port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ingress = None
+    if asgi is not None:
+        from ._asgi_main import start
+
+        ingress = await start(asgi, app, args)
+        if ingress is None:
+            server.close()
+            return EXIT_LISTEN
     address = getattr(server, "address", None)
     ready = {
         "event": "ready",
@@ -65,12 +83,16 @@ async def _serve(app: object, port: int) -> int:
         "port": port,
         "pid": os.getpid(),
     }
+    if ingress is not None:
+        ready["ingress_port"] = ingress.address.port
     print(json.dumps(ready), flush=True)
     log_event("listening", app=app.name, version=app.version, port=port)
     try:
         await stop.wait()
     finally:
         log_event("stopping", app=app.name)
+        if ingress is not None:
+            await ingress.stop()
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5.0)
@@ -96,7 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         print(f"enclave: cannot load app {args.app!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_serve(app, args.port))
+    asgi = None
+    if args.asgi:
+        from ._asgi_main import load_asgi
+
+        try:
+            asgi = load_asgi(args.asgi)
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:
+            print(f"enclave: cannot load ASGI app {args.asgi!r}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return asyncio.run(_serve(app, args.port, asgi, args))
 
 
 if __name__ == "__main__":
