@@ -16,6 +16,7 @@ from parent._subcommands import dispatch
 COMMANDS = {
     "proxy": ("parent.proxy", "HTTP API for other services, forwarding to the enclave"),
     "kms-relay": ("parent.kms_relay", "vsock -> TCP relay for the enclave's KMS traffic"),
+    "ingress": ("parent.ingress", "TCP -> vsock relay to the enclave's attested HTTPS listener"),
     "credentials": ("parent.credentials", "push instance-role credentials to the enclave"),
     "deploy": ("parent.deploy", "deploy to EC2 (build, run, describe, terminate)"),
     "key-policy": ("parent.key_policy", "KMS key policy from enclave measurements"),
