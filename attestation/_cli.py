@@ -1,4 +1,4 @@
-"""``python -m attestation verify | inspect | pcrs`` (DESIGN §3).
+"""``python -m attestation verify | inspect | pcrs | connect`` (DESIGN §3).
 
 Exit status: 0 valid (or decoded, for inspect), 1 rejected, 2 usage or I/O error.
 """
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_pcrs  # here, not at the top: it imports helpers from this module
 
     _cli_pcrs.register(sub)
+    from . import _cli_connect
+
+    _cli_connect.register(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ from .document import AttestationDocument
 from .errors import MalformedError, PublicKeyMismatchError
 
 __all__ = [
+    "ATTESTATION_PATH",
     "BINDINGS",
     "MULTIHASH_SHA256",
     "Binding",
@@ -36,6 +37,9 @@ __all__ = [
     "parse_nitriding_user_data",
     "spki_of",
 ]
+
+ATTESTATION_PATH = "/.well-known/nitro-attestation"
+"""The toolkit's route on the TLS listener: ``GET ATTESTATION_PATH?nonce=HEX`` -> raw CBOR."""
 
 Binding = Literal["public-key", "nitriding", "evervault"]
 BINDINGS: tuple[Binding, ...] = ("public-key", "nitriding", "evervault")

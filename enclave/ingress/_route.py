@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from attestation.binding import ATTESTATION_PATH
+
 __all__ = ["ATTESTATION_PATH", "AttestationRoute", "RouteLimits"]
 
-ATTESTATION_PATH = "/.well-known/nitro-attestation"
 CBOR_TYPE = b"application/cbor"
 
 Scope = MutableMapping[str, Any]
