@@ -42,6 +42,7 @@ __all__ = [
     "cpio_newc",
     "enclave_archive",
     "measure_enclave_code",
+    "package_files",
 ]
 
 SIM_KERNEL = (
@@ -175,6 +176,17 @@ def _package_sources(source_dir: Path) -> Iterable[tuple[str, Path]]:
             path = Path(root, name)
             if name.endswith(".py") and path.is_file():
                 yield path.relative_to(source_dir).as_posix(), path
+
+
+def package_files(package: str | os.PathLike[str]) -> dict[str, Path]:
+    """``app_files`` for an app package directory (or a single module file): its ``.py``
+    files under ``<name>/`` (``<name>.py`` for a module), as measured into ``rootfs/app/``."""
+    path = Path(package)
+    if path.is_file() and path.suffix == ".py":
+        return {path.name: path}
+    if not (path / "__init__.py").is_file():
+        raise MeasureError(f"{path} is neither a package directory nor a .py module")
+    return {f"{path.name}/{rel}": file for rel, file in _package_sources(path)}
 
 
 def build_enclave_image(

@@ -296,6 +296,15 @@ def _load_or_create_pki(directory: Path) -> TestPKI:
     return pki
 
 
+def _app_files(packages: list[str]) -> dict[str, Path] | None:
+    from .measure import package_files
+
+    files: dict[str, Path] = {}
+    for package in packages:
+        files.update(package_files(package))
+    return files or None
+
+
 async def _run(args: argparse.Namespace) -> int:
     pki = _load_or_create_pki(Path(args.pki))
     nsm = SimulatedNsm.for_enclave(
@@ -304,6 +313,7 @@ async def _run(args: argparse.Namespace) -> int:
         instance_id=args.instance_id,
         role_arn=args.role_arn,
         debug=args.debug,
+        app_files=_app_files(args.app_package),
     )
     server = await serve_nsm(nsm, args.socket)
     stop = asyncio.Event()
@@ -346,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--enclave-source", required=True, help="enclave package directory to measure (PCR0-2)"
+    )
+    parser.add_argument(
+        "--app-package", action="append", default=[], metavar="DIR",
+        help="also measure this app package (or .py module) into PCR0/PCR2 (repeatable)",
     )
     parser.add_argument("--role-arn", help="IAM role ARN of the parent (PCR3; else zero)")
     parser.add_argument("--instance-id", help="parent instance id (PCR4; default: the PKI's)")

@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENCLAVE_SOURCE = Path(_enclave_pkg.__file__).resolve().parent
 DEFAULT_ENCLAVE_CID = 16
 ENCLAVE_PORT = 5000
+INGRESS_VSOCK_PORT = 5443  # the enclave's TLS listener with --asgi (enclave.ingress)
 KMS_RELAY_PORT = 8000
 REGION = "us-east-1"
 STACK_FILE = "stack.json"
@@ -84,6 +85,10 @@ class StackConfig:
     limits: StackLimits = field(default_factory=StackLimits)
     debug_logs: bool = False
     proxy_args: tuple[str, ...] = ()  # extra `python -m parent proxy` options
+    asgi: str | None = None  # MODULE:ATTR served over TLS in the enclave (attested ingress)
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = 0  # 0 = a free port
+    ingress_args: tuple[str, ...] = ()  # extra `python -m parent ingress` options
 
 
 # ---------------------------------------------------------------- child processes
@@ -171,6 +176,7 @@ class Stack:
         self.enclaves: dict[str, EnclaveHandle] = {}
         self.kms_url = ""
         self.proxy_url = ""
+        self.ingress_url = ""
         self._echo = echo or (lambda _msg: None)
 
     # ------------------------------------------------------------ environment
@@ -322,8 +328,27 @@ class Stack:
         self._wait_until(child, self._vsock_listening(3, KMS_RELAY_PORT), "relay socket")
         self._echo(f"kms-relay  vsock(3, {KMS_RELAY_PORT}) -> 127.0.0.1:{port}  (pid {child.pid})")
 
-    def start_enclave(self, name: str, source: Path, cid: int) -> EnclaveHandle:
-        """Start an NSM device, an enclave app built from ``source`` and its credentials."""
+    def _asgi_copy(self, name: str, source: Path, asgi: str | None) -> list[str]:
+        """Copy the ASGI app's package next to the enclave code; the NSM's measure args."""
+        if not asgi:
+            return []
+        from ._asgi_app import AsgiAppError, copy_app, locate_app
+
+        try:
+            package = locate_app(asgi)
+        except AsgiAppError as exc:
+            raise StackError(str(exc)) from None
+        if package == source or source in package.parents:
+            return []  # part of the enclave code: measured already
+        shim = self.run_dir / f"{name}-code"
+        shim.mkdir(exist_ok=True)
+        return ["--app-package", str(copy_app(package, shim))]
+
+    def start_enclave(
+        self, name: str, source: Path, cid: int, *, asgi: str | None = None
+    ) -> EnclaveHandle:
+        """Start an NSM device, an enclave app built from ``source`` and its credentials;
+        with ``asgi`` (MODULE:ATTR) the enclave also serves that app over TLS."""
         source = Path(source).resolve()
         nested = source / "enclave"
         if not (source / "__init__.py").is_file() and (nested / "__init__.py").is_file():
@@ -333,11 +358,12 @@ class Stack:
                 f"--enclave-source {source} is not the enclave package (no __init__.py)"
             )
         nsm_socket = self.run_dir / f"nsm-{cid}.sock"
+        measure_app = self._asgi_copy(name, source, asgi)
         nsm = self._spawn(
             f"{name}-nsm",
             [
                 "-m", "simulator.nsm", "--socket", str(nsm_socket), "--pki", str(self.pki_dir),
-                "--enclave-source", str(source),
+                "--enclave-source", str(source), *measure_app,
             ],
         )
         info = self._wait_until(nsm, self._ready_line(nsm), "NSM ready line")
@@ -360,8 +386,13 @@ class Stack:
         app_args = ["-m", "enclave", "--port", str(ENCLAVE_PORT)]
         if self.config.debug_logs:
             app_args.append("--debug")
+        if asgi:
+            app_args += ["--asgi", asgi, "--ingress-port", str(INGRESS_VSOCK_PORT)]
         app = self._spawn(name, app_args, env=env, cwd=shim)
         self._wait_until(app, self._vsock_listening(cid, ENCLAVE_PORT), "enclave socket")
+        if asgi:
+            self._wait_until(app, self._vsock_listening(cid, INGRESS_VSOCK_PORT),
+                             "enclave TLS listener")
         creds = self._start_credentials(name, cid)
         handle = EnclaveHandle(
             name, cid, source, info["pcrs"], info.get("module_id", ""), nsm_socket,
@@ -408,6 +439,21 @@ class Stack:
         self.proxy_url = info["url"]
         self._echo(f"proxy      {self.proxy_url}  (pid {child.pid})")
 
+    def _start_ingress(self) -> None:
+        port = self.config.ingress_port or free_port(self.config.ingress_host)
+        child = self._spawn(
+            "ingress",
+            [
+                "-m", "parent", "ingress", "--listen", f"{self.config.ingress_host}:{port}",
+                "--enclave-cid", str(self.config.enclave_cid),
+                "--enclave-port", str(INGRESS_VSOCK_PORT), *self.config.ingress_args,
+            ],
+        )
+        info = self._wait_until(child, self._ready_line(child), "ingress ready line")
+        self.ingress_url = info["url"]
+        self._echo(f"ingress    {self.ingress_url} -> vsock({self.config.enclave_cid}, "
+                   f"{INGRESS_VSOCK_PORT})  (pid {child.pid})")
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> dict:
@@ -416,12 +462,17 @@ class Stack:
         try:
             self._start_kms()
             self._start_relay()
-            self.start_enclave("enclave", self.config.enclave_source, self.config.enclave_cid)
+            self.start_enclave("enclave", self.config.enclave_source, self.config.enclave_cid,
+                               asgi=self.config.asgi)
             self._start_proxy()
+            if self.config.asgi:
+                self._start_ingress()
         except BaseException:
             self.stop()
             raise
         info = self.describe()
+        if self.ingress_url:
+            info["ingress_url"] = self.ingress_url
         # mode 0600: it lists local (simulated) access keys
         atomic_write(self.state / STACK_FILE, (json.dumps(info, indent=2) + "\n").encode())
         return info
@@ -549,6 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--proxy-port", type=int, default=0)
     parser.add_argument("--kms-port", type=int, default=0)
     parser.add_argument("--debug-logs", action="store_true", help="log every enclave request")
+    parser.add_argument("--asgi", metavar="MODULE:ATTR",
+                        help="serve this ASGI app over TLS in the enclave; adds ingress_url")
+    parser.add_argument("--ingress-port", type=int, default=0, help="TCP port of the ingress")
     args = parser.parse_args(argv)
     config = StackConfig(
         state_dir=args.state,
@@ -558,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_port=args.proxy_port,
         kms_port=args.kms_port,
         debug_logs=args.debug_logs,
+        asgi=args.asgi,
+        ingress_port=args.ingress_port,
     )
     stack = Stack(config, echo=lambda msg: print(msg, flush=True))
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -1,0 +1,71 @@
+"""A small Starlette app for the ingress tests (served inside the simulated enclave)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from enclave.ingress import runtime
+
+MAX_DOWNLOAD = 64 * 1024 * 1024
+CHUNK = 64 * 1024
+MARKER = "ingress-plaintext-marker-7f3a"
+
+
+async def hello(request: Request) -> Response:
+    return PlainTextResponse(f"hello from the enclave {MARKER}")
+
+
+async def echo(request: Request) -> Response:
+    return StreamingResponse(request.stream(), media_type="application/octet-stream")
+
+
+async def upload(request: Request) -> Response:
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.stream():
+        digest.update(chunk)
+        size += len(chunk)
+    return JSONResponse({"size": size, "sha256": digest.hexdigest()})
+
+
+async def download(request: Request) -> Response:
+    n = min(int(request.query_params.get("n", "0")), MAX_DOWNLOAD)
+
+    async def body():  # deterministic bytes: the client can check them
+        sent = 0
+        block = bytes(range(256)) * (CHUNK // 256)
+        while sent < n:
+            part = block[: min(CHUNK, n - sent)]
+            sent += len(part)
+            yield part
+
+    return StreamingResponse(body(), media_type="application/octet-stream",
+                             headers={"content-length": str(n)})
+
+
+async def fake_attestation(request: Request) -> Response:
+    return PlainTextResponse("the app's own attestation route")
+
+
+async def client(request: Request) -> Response:
+    return JSONResponse({"client": list(request.client) if request.client else None})
+
+
+async def toolkit(request: Request) -> Response:
+    health = await runtime.call("health", {})
+    return JSONResponse({"app": runtime.enclave_app().name, "health": sorted(health)})
+
+
+app = Starlette(routes=[
+    Route("/", hello),
+    Route("/echo", echo, methods=["POST"]),
+    Route("/upload", upload, methods=["POST"]),
+    Route("/download", download),
+    Route("/.well-known/nitro-attestation", fake_attestation),
+    Route("/client", client),
+    Route("/toolkit", toolkit),
+])
