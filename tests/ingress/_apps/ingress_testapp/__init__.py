@@ -20,8 +20,19 @@ async def hello(request: Request) -> Response:
     return PlainTextResponse(f"hello from the enclave {MARKER}")
 
 
-async def echo(request: Request) -> Response:
-    return StreamingResponse(request.stream(), media_type="application/octet-stream")
+async def echo(scope, receive, send) -> None:
+    """Raw ASGI: each body chunk goes back as it arrives (streaming both ways at once)."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")]})
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        await send({"type": "http.response.body", "body": message.get("body", b""),
+                    "more_body": True})
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def upload(request: Request) -> Response:
@@ -60,12 +71,18 @@ async def toolkit(request: Request) -> Response:
     return JSONResponse({"app": runtime.enclave_app().name, "health": sorted(health)})
 
 
-app = Starlette(routes=[
+starlette_app = Starlette(routes=[
     Route("/", hello),
-    Route("/echo", echo, methods=["POST"]),
     Route("/upload", upload, methods=["POST"]),
     Route("/download", download),
     Route("/.well-known/nitro-attestation", fake_attestation),
     Route("/client", client),
     Route("/toolkit", toolkit),
 ])
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] == "http" and scope["path"] == "/echo":
+        await echo(scope, receive, send)
+    else:
+        await starlette_app(scope, receive, send)
