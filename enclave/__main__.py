@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="vsock port of the TLS listener (default 5443)")
     p.add_argument("--tls-cert", metavar="PEM", help="the app's own certificate (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the app's own private key (with --tls-cert)")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="connections start with a PROXY v2 header (parent --proxy-protocol)")
     p.add_argument(
         "--no-loopback",
         action="store_true",

@@ -47,7 +47,10 @@ async def start(asgi: Any, app: Any, args: argparse.Namespace | Any) -> Any:
         return None
     runtime.install(app)
     try:
-        return await start_ingress(asgi, app, identity, port=port)
+        return await start_ingress(
+            asgi, app, identity, port=port,
+            proxy_protocol=bool(getattr(args, "proxy_protocol", False)),
+        )
     except (TransportError, OSError) as exc:
         print(f"enclave: cannot listen on vsock port {port}: {exc}", file=sys.stderr)
         return None

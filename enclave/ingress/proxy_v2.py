@@ -83,6 +83,8 @@ def parse_header(header: bytes) -> ProxyInfo:
     if len(header) != HEADER_FIXED + length:
         raise ProxyHeaderError(f"header is {len(header)} bytes, expected {HEADER_FIXED + length}")
     command, family, block = header[12], header[13], header[HEADER_FIXED:]
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if command == _LOCAL:
         return ProxyInfo(None, None)
     if family == _TCP4 and length >= 12:

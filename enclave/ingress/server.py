@@ -44,6 +44,10 @@ class IngressLimits:
     """Largest request head (h11 incomplete event)."""
     shutdown_s: float = 5.0
     """Requests in progress get this long to finish on stop."""
+    proxy_header_timeout_s: float = 10.0
+    """With a PROXY v2 parent: time for the header to arrive."""
+    handshake_timeout_s: float = 30.0
+    """With a PROXY v2 parent: time for the TLS handshake after it."""
     route: RouteLimits = field(default_factory=RouteLimits)
 
 
@@ -97,8 +101,13 @@ async def start_ingress(
     limits: IngressLimits | None = None,
     sim_dir: Any = None,
     sim_cid: int | None = None,
+    proxy_protocol: bool = False,
 ) -> Ingress:
-    """Listen on vsock ``port`` and serve ``asgi_app`` over TLS behind the attestation route."""
+    """Listen on vsock ``port`` and serve ``asgi_app`` over TLS behind the attestation route.
+
+    ``proxy_protocol``: every connection starts with a PROXY v2 header (the parent's
+    ``--proxy-protocol``); the app then sees the client's address in ``scope["client"]``.
+    """
     import uvicorn
 
     limits = limits or IngressLimits()
@@ -132,7 +141,17 @@ async def start_ingress(
         h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     config.load()
-    config.ssl = identity.context  # the in-enclave key: never a file
+    if proxy_protocol:
+        from ._proxy_tls import proxy_then_tls
+
+        config.http_protocol_class = proxy_then_tls(
+            config.http_protocol_class, identity.context,
+            header_timeout=limits.proxy_header_timeout_s,
+            handshake_timeout=limits.handshake_timeout_s,
+        )
+        config.ssl = None  # TLS starts after the header, per connection
+    else:
+        config.ssl = identity.context  # the in-enclave key: never a file
     sock, effective, path = _listen(port, limits, sim_dir, sim_cid)
     server = _uvicorn_server_class()(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
