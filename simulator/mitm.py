@@ -63,7 +63,10 @@ class TlsMitm:
             writer.close()
             return
         spy = _Spy(reader, self.seen)
-        await relay(spy, writer, up_reader, up_writer)  # type: ignore[arg-type]
+        try:
+            await relay(spy, writer, up_reader, up_writer)  # type: ignore[arg-type]
+        except asyncio.CancelledError:  # stopping: the relay closed both connections
+            return
 
     async def _shutdown(self) -> None:
         if self._server is not None:

@@ -45,7 +45,7 @@ def test_demo_tells_the_whole_story_and_logs_no_secret(tmp_path: Path) -> None:
     assert elapsed < DEMO_BUDGET_S
     assert out.count("✔") >= 11 and "✘" not in out
     for phrase in ("AccessDeniedException", "kms-access-denied", "forbidden-field",
-                   "All 8 steps behaved as expected"):
+                   "public-key-mismatch", "All 9 steps behaved as expected"):
         assert phrase in out
 
     secrets = {k: bytes.fromhex(v) if k != "parent_secret_access_key" else v.encode()
