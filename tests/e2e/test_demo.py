@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_BUDGET_S = 60
+DEMO_BUDGET_S = 90  # step 9 (attested HTTPS) added ~6 s; the machine may be shared
 
 
 def needles(secret: bytes) -> list[bytes]:
