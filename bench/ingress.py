@@ -14,8 +14,9 @@ Real processes on this machine, vsock simulated (AF_UNIX). Compared in one run:
   against an ``os.splice`` relay (socket -> pipe -> socket, no copy through Python), both
   TCP -> AF_UNIX into a sink that discards.
 
-One load client for all (asyncio, pre-built HTTP/1.1, keep-alive TLS connections), so the
-ratio is the cost of the extra hop. Also the time to the first attested request (TCP + TLS
+One load client for all (asyncio, pre-built HTTP/1.1, keep-alive TLS connections, opened
+before the timed window), so the ratio is the cost of the extra hop. Baseline and ingress
+runs alternate (``--rounds``, median kept) because a shared machine's load drifts. Also the time to the first attested request (TCP + TLS
 handshake + document + verification + request, ``attestation.https``). Prints a Markdown
 table (docs/benchmarks.md).
 """
@@ -306,12 +307,21 @@ async def run(args: argparse.Namespace, procs: Any, tmp: Path) -> list[tuple[str
     big = echo_request(payload)
     await http_load(direct_port, small_request(), 1, 4)  # warm up both
     await http_load(ingress_port, small_request(), 1, 4)
-    small_direct = await http_load(direct_port, small_request(), s, c)
-    small_ingress = await http_load(ingress_port, small_request(), s, c)
+    async def paired(request: bytes, concurrency: int, moved: int) -> tuple[dict, dict]:
+        """Baseline and ingress in alternating order, ``args.rounds`` times; the median run
+        of each (by rate): the machine's load drifts, so neither side gets the quiet slot."""
+        direct_runs, ingress_runs = [], []
+        for i in range(args.rounds):
+            order = [(direct_port, direct_runs), (ingress_port, ingress_runs)]
+            for port, runs in order if i % 2 == 0 else order[::-1]:
+                runs.append(await http_load(port, request, s, concurrency, moved))
+        pick = lambda runs: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]  # noqa: E731
+        return pick(direct_runs), pick(ingress_runs)
+
+    small_direct, small_ingress = await paired(small_request(), c, 0)
     big_runs = []
     for bc in args.big_concurrency:
-        big_direct = await http_load(direct_port, big, s, bc, 2 * len(payload))
-        big_ingress = await http_load(ingress_port, big, s, bc, 2 * len(payload))
+        big_direct, big_ingress = await paired(big, bc, 2 * len(payload))
         big_json = await json_proxy.http_load(f"http://127.0.0.1:{proxy_port}/v1/echo", payload,
                                               s, bc)
         big_runs.append((bc, big_direct, big_ingress, big_json))
@@ -375,6 +385,8 @@ def main() -> int:
                         help="concurrent large requests, one run each (bench/proxy.py uses 4)")
     parser.add_argument("--relay-mib", type=int, default=512)
     parser.add_argument("--first-runs", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating baseline/ingress runs per measurement (median kept)")
     parser.add_argument("--serve-direct", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
