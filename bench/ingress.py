@@ -16,9 +16,9 @@ Real processes on this machine, vsock simulated (AF_UNIX). Compared in one run:
 
 One load client for all (asyncio, pre-built HTTP/1.1, keep-alive TLS connections, opened
 before the timed window), so the ratio is the cost of the extra hop. Baseline and ingress
-runs alternate (``--rounds``, median kept) because a shared machine's load drifts. Also the time to the first attested request (TCP + TLS
-handshake + document + verification + request, ``attestation.https``). Prints a Markdown
-table (docs/benchmarks.md).
+runs alternate (``--rounds``, median kept) because a shared machine's load drifts. Also the
+time to the first attested request (TCP + TLS handshake + document + verification + request,
+``attestation.https``). Prints a Markdown table (docs/benchmarks.md).
 """
 
 from __future__ import annotations
