@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["verify.py", "transport.py", "kms.py", "attested_kms.py", "proxy.py", "image.py"]
+BENCHES = ["verify.py", "transport.py", "kms.py", "attested_kms.py", "proxy.py", "image.py",
+           "ingress.py"]
 TIMEOUT_S = 300
 
 

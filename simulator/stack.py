@@ -620,9 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = stack.start()
         print(f"stack up: {Path(config.state_dir).absolute() / STACK_FILE}", flush=True)
-        print(json.dumps({"event": "ready", "stack": str(Path(args.state).absolute() / STACK_FILE),
-                          "proxy_url": info["proxy_url"], "kms_url": info["kms_url"]}),
-              flush=True)
+        ready = {"event": "ready", "stack": str(Path(args.state).absolute() / STACK_FILE),
+                 "proxy_url": info["proxy_url"], "kms_url": info["kms_url"]}
+        if info.get("ingress_url"):
+            ready["ingress_url"] = info["ingress_url"]
+        print(json.dumps(ready), flush=True)
         while True:
             dead = stack.check_alive()
             if dead is not None:
