@@ -1,10 +1,12 @@
-"""Per connection: read a PROXY v2 header, then start TLS and hand over to uvicorn's protocol.
+"""Per connection: [read a PROXY v2 header,] start TLS, hand over to uvicorn's protocol.
 
-Used when the parent sends PROXY v2 headers (``--proxy-protocol`` on both sides). The header
-is read with a buffered protocol that never asks the socket for more bytes than the header
-still needs, so no TLS byte is consumed early; then ``loop.start_tls`` wraps the connection
-and uvicorn's HTTP protocol gets the TLS transport, with ``client`` set from the header.
-A connection without a valid header within ``header_timeout`` is aborted.
+Every connection of the listener goes through here, so the TLS handshake has the toolkit's
+own bound (``handshake_timeout``; asyncio's server default would be 60 s). When the parent
+sends PROXY v2 headers (``--proxy-protocol`` on both sides) the header is read first, with a
+buffered protocol that never asks the socket for more bytes than the header still needs, so
+no TLS byte is consumed early; uvicorn's HTTP protocol then gets the TLS transport, with
+``client`` set from the header. A connection without a valid header within
+``header_timeout`` is aborted.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class _Deferred(asyncio.Protocol):
 
 
 def proxy_then_tls(
-    inner_class: Any, context: ssl.SSLContext, *, header_timeout: float, handshake_timeout: float
+    inner_class: Any, context: ssl.SSLContext, *, header_timeout: float,
+    handshake_timeout: float, expect_header: bool = True,
 ) -> type:
     """A protocol class with uvicorn's HTTP protocol signature (keyword arguments)."""
 
@@ -70,6 +73,9 @@ def proxy_then_tls(
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert isinstance(transport, asyncio.Transport)
             self._transport = transport
+            if not expect_header:
+                self._task = asyncio.ensure_future(self._upgrade(None))
+                return
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(header_timeout, self._abort)
 

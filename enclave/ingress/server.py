@@ -46,8 +46,8 @@ class IngressLimits:
     """Requests in progress get this long to finish on stop."""
     proxy_header_timeout_s: float = 10.0
     """With a PROXY v2 parent: time for the header to arrive."""
-    handshake_timeout_s: float = 30.0
-    """With a PROXY v2 parent: time for the TLS handshake after it."""
+    handshake_timeout_s: float = 10.0
+    """Time for a client's TLS handshake (a stalled one is cut)."""
     route: RouteLimits = field(default_factory=RouteLimits)
 
 
@@ -141,17 +141,15 @@ async def start_ingress(
         h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     config.load()
-    if proxy_protocol:
-        from ._proxy_tls import proxy_then_tls
+    from ._proxy_tls import proxy_then_tls
 
-        config.http_protocol_class = proxy_then_tls(
-            config.http_protocol_class, identity.context,
-            header_timeout=limits.proxy_header_timeout_s,
-            handshake_timeout=limits.handshake_timeout_s,
-        )
-        config.ssl = None  # TLS starts after the header, per connection
-    else:
-        config.ssl = identity.context  # the in-enclave key: never a file
+    # TLS per connection (after the PROXY v2 header, if any), with our handshake bound
+    config.http_protocol_class = proxy_then_tls(
+        config.http_protocol_class, identity.context,
+        header_timeout=limits.proxy_header_timeout_s,
+        handshake_timeout=limits.handshake_timeout_s, expect_header=proxy_protocol,
+    )
+    config.ssl = None  # the in-enclave key lives in identity.context, never in a file
     sock, effective, path = _listen(port, limits, sim_dir, sim_cid)
     server = _uvicorn_server_class()(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))

@@ -35,7 +35,8 @@ async def client_app(scope, receive, send):
 
 
 @contextmanager
-def running(tmp_path, *, proxy_protocol: bool, max_connections: int = 4096) -> Iterator[Ingress]:
+def running(tmp_path, *, proxy_protocol: bool, max_connections: int = 4096,
+            limits: IngressLimits | None = None) -> Iterator[Ingress]:
     sim = tmp_path / "vsock"
     sim.mkdir(mode=0o700)
     loop = asyncio.new_event_loop()
@@ -48,7 +49,8 @@ def running(tmp_path, *, proxy_protocol: bool, max_connections: int = 4096) -> I
     async def start():
         enclave = await start_ingress(
             client_app, App("relay-test", "1", builtins=False), make_identity(), port=5443,
-            limits=IngressLimits(), sim_dir=sim, sim_cid=CID, proxy_protocol=proxy_protocol)
+            limits=limits or IngressLimits(), sim_dir=sim, sim_cid=CID,
+            proxy_protocol=proxy_protocol)
         parent = Ingress(VsockAddress(CID, 5443), host="127.0.0.1", port=0,
                          limits=ParentLimits(max_connections=max_connections),
                          proxy_protocol=proxy_protocol, sim_dir=sim)
@@ -120,3 +122,17 @@ def test_enclave_unreachable_is_counted_not_hung(tmp_path):
             with contextlib.suppress(ConnectionResetError):
                 assert s.recv(10) == b""
         assert parent.failed == 1
+
+
+@pytest.mark.parametrize("proxy_protocol", [False, True])
+def test_a_stalled_handshake_is_cut_at_the_named_bound(tmp_path, proxy_protocol):
+    limits = IngressLimits(handshake_timeout_s=1.0, proxy_header_timeout_s=1.0)
+    with running(tmp_path, proxy_protocol=proxy_protocol, limits=limits) as parent, \
+            socket.create_connection(("127.0.0.1", parent.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello that never completes
+        s.settimeout(20)
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            while s.recv(4096):
+                pass
+        assert time.monotonic() - start < 15  # cut by the enclave, not by our timeout
