@@ -132,6 +132,35 @@ def test_httpx_attested_client_streams_both_ways(stack, expect):
         assert client.attested.document.pcrs[0].hex() == info["pcrs"]["0"]
 
 
+def test_an_asgi_handler_decrypts_with_attested_kms(stack, expect):
+    import boto3
+
+    from attestation.https import attested_client
+    from parent.key_policy import key_policy, select_pcrs
+
+    _, info = stack
+    creds = info["credentials"]
+
+    def kms(who: str):
+        c = creds[who]
+        return boto3.client("kms", endpoint_url=info["kms_url"], region_name=info["region"],
+                            aws_access_key_id=c["access_key_id"],
+                            aws_secret_access_key=c["secret_access_key"])
+
+    policy = key_policy(pcrs=select_pcrs({int(i): v for i, v in info["pcrs"].items()}, [0, 1, 2]),
+                        enclave_role=creds["parent"]["principal"],
+                        admin=creds["operator"]["principal"])
+    operator = kms("operator")
+    key_id = operator.create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    secret = os.urandom(48)
+    blob = operator.encrypt(KeyId=key_id, Plaintext=secret,
+                            EncryptionContext={"app": "ingress-test"})["CiphertextBlob"]
+    with attested_client(info["ingress_url"], expect, timeout=60) as client:
+        answer = client.post("/kms-digest", content=blob)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"sha256": hashlib.sha256(secret).hexdigest()}
+
+
 def test_async_client_many_connections_one_attestation(stack, expect):
     from attestation.https import attested_async_client
 

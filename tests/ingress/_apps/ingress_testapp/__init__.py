@@ -66,6 +66,12 @@ async def client(request: Request) -> Response:
     return JSONResponse({"client": list(request.client) if request.client else None})
 
 
+async def kms_digest(request: Request) -> Response:
+    """Decrypt the body with attested KMS inside the enclave; only a digest leaves."""
+    plaintext = await runtime.kms_decrypt(await request.body(), {"app": "ingress-test"})
+    return JSONResponse({"sha256": hashlib.sha256(plaintext).hexdigest()})
+
+
 async def toolkit(request: Request) -> Response:
     health = await runtime.call("health", {})
     return JSONResponse({"app": runtime.enclave_app().name, "health": sorted(health)})
@@ -78,6 +84,7 @@ starlette_app = Starlette(routes=[
     Route("/.well-known/nitro-attestation", fake_attestation),
     Route("/client", client),
     Route("/toolkit", toolkit),
+    Route("/kms-digest", kms_digest, methods=["POST"]),
 ])
 
 
