@@ -39,3 +39,40 @@ def test_parent_ingress_usage_errors():
 
     assert run("--listen", "nope", "--enclave-cid", "16") == 2
     assert run("--listen", "127.0.0.1:0", "--enclave-cid", "16", "--idle-timeout", "0") == 2
+
+
+def test_the_app_can_bring_its_own_certificate(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from attestation.binding import spki_of
+    from enclave.ingress import make_identity
+    from enclave.ingress._tls import _self_signed
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = _self_signed(key)
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    own = make_identity(tmp_path / "cert.pem", tmp_path / "key.pem")
+    assert own.cert_der == cert.public_bytes(serialization.Encoding.DER)
+    assert own.spki_der == spki_of(own.cert_der)
+    fresh = make_identity()
+    assert fresh.spki_der != own.spki_der and "key" not in repr(fresh).lower()
+    import pytest
+
+    with pytest.raises(ValueError):
+        make_identity(tmp_path / "cert.pem", None)
+
+
+def test_enclave_asgi_usage_errors(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {"NITRO_VSOCK_SIM_DIR": str(tmp_path / "v"), "NITRO_VSOCK_SIM_CID": "16",
+               "PATH": "/usr/bin:/bin"}
+        return subprocess.run([sys.executable, "-m", "enclave", *args], capture_output=True,
+                              text=True, timeout=60, env=env)
+
+    for spec in ("no_colon", "surely_not_a_module_91:app", "json:not_there"):
+        done = run("--asgi", spec)
+        assert done.returncode == 2 and "cannot load ASGI app" in done.stderr
