@@ -270,6 +270,10 @@ def _read(fh: IO[bytes], check_crc: bool, limits: EifLimits) -> EifImage:
         raise
     except OSError as exc:
         raise EifError(f"I/O error while reading the EIF: {exc}") from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        # Every check above raises EifError; this only keeps a missed case typed (never a
+        # traceback for a hostile file).
+        raise EifError(f"EIF could not be parsed: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
 class _Reader:
@@ -391,11 +395,10 @@ class _Reader:
                 strict=True,
             ),
         )
-        for offset, size, slot in placed:
-            if offset + SECTION_HEADER_SIZE + size > self.size:
+        for offset, _size, slot in placed:
+            if offset + SECTION_HEADER_SIZE > self.size:
                 raise EifError(
-                    f"EIF section {slot} (offset {offset}, size {size}) "
-                    f"lies outside the {self.size}-byte file"
+                    f"EIF section {slot} (offset {offset}) lies outside the {self.size}-byte file"
                 )
         sections: list[EifSection] = []
         expected_offset = HEADER_SIZE
@@ -418,15 +421,30 @@ class _Reader:
                     f"EIF section {slot} at offset {offset} has invalid type {type_code}",
                     found=type_code,
                 )
-            if own_size != size:
+            signature = type_code == SectionType.SIGNATURE
+            if not signature and offset + SECTION_HEADER_SIZE + size > self.size:
+                raise EifError(
+                    f"EIF section {slot} (offset {offset}, size {size}) "
+                    f"lies outside the {self.size}-byte file"
+                )
+            if own_size != size and not signature:
+                # nitro-cli reads each size from the section header, one section after
+                # another. Only `nitro-cli sign-eif` on a signed EIF leaves the table's size
+                # of the signature section stale (it rewrites offsets, not that size); any
+                # other disagreement is refused.
                 raise EifError(
                     f"EIF section {slot}: header table says {size} bytes, "
                     f"section header says {own_size}",
                     expected=size,
                     found=own_size,
                 )
-            sections.append(EifSection(slot, SectionType(type_code), flags, offset, size))
-            expected_offset = offset + SECTION_HEADER_SIZE + size
+            if offset + SECTION_HEADER_SIZE + own_size > self.size:
+                raise EifError(
+                    f"EIF section {slot} (offset {offset}, size {own_size}) "
+                    f"lies outside the {self.size}-byte file"
+                )
+            sections.append(EifSection(slot, SectionType(type_code), flags, offset, own_size))
+            expected_offset = offset + SECTION_HEADER_SIZE + own_size
         if expected_offset != self.size:
             raise EifError(
                 f"EIF has {self.size - expected_offset} trailing bytes after the last section"
@@ -497,11 +515,12 @@ def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> s
         if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:
             msg = msg.value
         protected, _unprotected, payload, signature = msg
-        alg = cbor2.loads(protected).get(1) if protected else None
+        header = cbor2.loads(protected) if protected else {}
+        alg = header.get(1) if isinstance(header, dict) else None
         info = cbor2.loads(payload)
     except Exception:
         return "signature is not a COSE_Sign1 structure"
-    if alg not in _COSE_ALGS:
+    if type(alg) is not int or alg not in _COSE_ALGS:  # a hostile header may hold anything
         return f"unsupported COSE algorithm {alg!r}"
     hash_name, n = _COSE_ALGS[alg]
     try:

@@ -71,16 +71,18 @@ def encode_payload(
     nonce: bytes | None = None,
     digest: str = "SHA384",
     indefinite_map: bool = True,
+    pcrs_field: str = "pcrs",
 ) -> bytes:
     """CBOR payload in the NSM's key order; ``None`` optionals are written as ``null``.
 
-    No validation: tests use this to build out-of-spec documents on purpose.
+    No validation: tests use this to build out-of-spec documents on purpose. ``pcrs_field``
+    ``"nitrotpm_pcrs"`` gives the shape of a NitroTPM (EC2 instance) document.
     """
     fields = (
         ("module_id", module_id),
         ("digest", digest),
         ("timestamp", timestamp_ms),
-        ("pcrs", {int(k): bytes(v) for k, v in sorted(pcrs.items())}),
+        (pcrs_field, {int(k): bytes(v) for k, v in sorted(pcrs.items())}),
         ("certificate", certificate),
         ("cabundle", list(cabundle)),
         ("public_key", public_key),
@@ -285,11 +287,13 @@ class TestPKI:
         nonce: bytes | None = None,
         tagged: bool = False,
         indefinite_map: bool = True,
+        nitrotpm: bool = False,
     ) -> bytes:
         """An attestation document signed by this chain, shaped exactly like the NSM's.
 
         ``timestamp_ms`` defaults to now. Raises ``ValueError`` for values the NSM could not
-        produce (PCR sizes, field sizes, a time outside the root's validity).
+        produce (PCR sizes, field sizes, a time outside the root's validity). ``nitrotpm``:
+        shape it as an EC2 instance's NitroTPM document instead (``nitrotpm_pcrs``).
         """
         _check_sign_args(pcrs, module_id, public_key, user_data, nonce)
         if timestamp_ms is None:
@@ -310,6 +314,7 @@ class TestPKI:
                 user_data=user_data,
                 nonce=nonce,
                 indefinite_map=indefinite_map,
+                pcrs_field="nitrotpm_pcrs" if nitrotpm else "pcrs",
             )
             key = leaf.key
         return encode_cose_sign1(payload, key, tagged=tagged)
