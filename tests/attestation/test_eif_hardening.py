@@ -58,9 +58,15 @@ def resign_like_nitro_cli(eif: bytes, new_signature: bytes) -> bytes:
     for i in range(slot + 1, header.num_sections):  # upstream: slots after the signature's
         offsets[i] += shift
     patched = EifHeader(
-        header.version, header.flags, header.default_mem, header.default_cpus,
-        header.num_sections, tuple(offsets), header.section_sizes, 0,
-    ).to_bytes()  # fmt: skip  (section_sizes untouched: the stale size)
+        header.version,
+        header.flags,
+        header.default_mem,
+        header.default_cpus,
+        header.num_sections,
+        tuple(offsets),
+        header.section_sizes,
+        0,
+    ).to_bytes()  # section_sizes untouched: the stale size
     section = struct.pack(">HHQ", SectionType.SIGNATURE, 0, len(new_signature)) + new_signature
     body = eif[HEADER_SIZE:start] + section + eif[old_end:]
     crc = zlib.crc32(body, zlib.crc32(patched[:CRC_FIELD_OFFSET]))
@@ -171,8 +177,10 @@ cbor_values = st.recursive(
     | st.floats(allow_nan=True)
     | st.binary(max_size=16)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.integers(-3, 3) | st.text(max_size=3), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.integers(-3, 3) | st.text(max_size=3), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
