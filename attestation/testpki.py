@@ -236,15 +236,21 @@ class TestPKI:
         )
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write PEM certificates and keys plus ``testpki.json``; ``root.pem`` is the anchor."""
+        """Write PEM certificates and keys plus ``testpki.json``; ``root.pem`` is the anchor.
+
+        The directory is mode 0700, keys 0600 and the rest 0644, whatever the umask: whoever
+        can replace ``root.pem`` decides what a verifier trusting it accepts.
+        """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
         with self._lock:
             items = [("root", self._root), *((lvl, self._cas[lvl]) for lvl in _LEVELS)]
             for name, issued in items:
                 (d / f"{name}.pem").write_bytes(
                     issued.cert.public_bytes(serialization.Encoding.PEM)
                 )
+                os.chmod(d / f"{name}.pem", 0o644)
                 key_path = d / f"{name}.key.pem"
                 key_pem = issued.key.private_bytes(
                     serialization.Encoding.PEM,
@@ -252,10 +258,12 @@ class TestPKI:
                     serialization.NoEncryption(),
                 )
                 fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # also when the file already existed with another mode
                 with os.fdopen(fd, "wb") as f:
                     f.write(key_pem)
             meta = {"region": self.region, "ids": self._ids}
             (d / _META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+            os.chmod(d / _META_FILE, 0o644)
 
     # -- public views -------------------------------------------------------------------------
 
