@@ -211,22 +211,71 @@ class EifImage:
         return measurements_json({**self.pcrs, **(extra or {})})
 
     def describe(self) -> dict[str, Any]:
-        """A ``nitro-cli describe-eif``-like summary (JSON-ready)."""
+        """``nitro-cli describe-eif``'s JSON (CLI ``json_output.rs`` ``EifDescribeInfo``).
+
+        Keys in nitro-cli's order: EifVersion, Measurements, IsSigned, SigningCertificate and
+        SignatureCheck (signed only), CheckCRC, ImageName, ImageVersion and Metadata (when
+        the EIF has a metadata section; custom metadata fields are flattened into Metadata).
+        """
         out: dict[str, Any] = {"EifVersion": self.header.version, **self.measurements()}
         out["IsSigned"] = self.is_signed
-        out["CheckCRC"] = self.crc_ok
-        out["Arch"] = self.header.arch
         if self.signing is not None:
-            out["SigningCertificate"] = {
-                "Subject": self.signing.subject,
-                "IssuerName": self.signing.issuer,
-                "NotBefore": self.signing.not_before.isoformat(),
-                "NotAfter": self.signing.not_after.isoformat(),
-            }
+            out["SigningCertificate"] = _certificate_info(self.signing.certificate_der)
+        out["CheckCRC"] = self.crc_ok
+        if self.signing is not None:
             out["SignatureCheck"] = self.signing.signature_check
         if self.metadata is not None:
-            out["Metadata"] = dict(self.metadata)
+            out.update(_metadata_describe(self.metadata))
         return out
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _openssl_time(when: datetime) -> str:
+    """OpenSSL's ASN1_TIME_print form, as nitro-cli prints it: ``Jan  2 03:04:05 2025 GMT``."""
+    return f"{_MONTHS[when.month - 1]} {when.day:2d} {when:%H:%M:%S} {when.year} GMT"
+
+
+def _certificate_info(der: bytes) -> dict[str, Any]:
+    """nitro-cli's ``SignCertificateInfo``: IssuerName (long attribute names, sorted),
+    Algorithm, NotBefore, NotAfter and Signature (upper-case hex bytes joined by ':')."""
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    issuer = {
+        getattr(attr.oid, "_name", attr.oid.dotted_string): str(attr.value)
+        for attr in cert.issuer
+    }
+    algorithm = getattr(cert.signature_algorithm_oid, "_name", None)
+    return {
+        "IssuerName": dict(sorted(issuer.items())),
+        "Algorithm": algorithm or cert.signature_algorithm_oid.dotted_string,
+        "NotBefore": _openssl_time(cert.not_valid_before_utc),
+        "NotAfter": _openssl_time(cert.not_valid_after_utc),
+        "Signature": cert.signature.hex(":").upper(),
+    }
+
+
+_BUILD_FIELDS = ("BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion")
+
+
+def _metadata_describe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """ImageName, ImageVersion and Metadata as nitro-cli shows an EIF's metadata section
+    (``MetadataDescribeInfo``: the BuildMetadata fields, DockerInfo, then the custom fields)."""
+    out: dict[str, Any] = {}
+    for key in ("ImageName", "ImageVersion"):
+        if key in meta:
+            out[key] = meta[key]
+    build = meta.get("BuildMetadata")
+    build = build if isinstance(build, Mapping) else {}
+    described: dict[str, Any] = {k: build[k] for k in _BUILD_FIELDS if k in build}
+    described["DockerInfo"] = meta.get("DockerInfo")
+    custom = meta.get("CustomMetadata")
+    if isinstance(custom, Mapping):
+        described.update(custom)  # serde(flatten): custom fields sit beside the others
+    out["Metadata"] = described
+    return out
 
 
 def measurements_json(pcrs: Mapping[int, bytes]) -> dict[str, Any]:
