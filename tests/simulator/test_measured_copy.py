@@ -257,6 +257,12 @@ def test_stack_under_umask_0_and_hostile_env_runs_only_measured_code(tampered, t
             if path.is_file() and (path.name.endswith(".key.pem") or path.parent.name == "keys"):
                 assert _mode(path) == 0o600, path
         assert _mode(next(state.rglob("nsm-*.sock"))) == 0o600
+        kms_files = [p for p in (state / "kms").rglob("*") if p.is_file()]
+        secrets = [p for p in kms_files if p.name != "endpoint.json"]  # URL and pid: public
+        assert secrets and all(_mode(p) == 0o600 for p in secrets), secrets
+        assert all(_mode(p) & 0o022 == 0 for p in kms_files)
+        kms_dirs = [state / "kms", *(p for p in (state / "kms").rglob("*") if p.is_dir())]
+        assert all(_mode(p) == 0o700 for p in kms_dirs), kms_dirs
     finally:
         proc.terminate()
         try:
