@@ -244,8 +244,7 @@ def _certificate_info(der: bytes) -> dict[str, Any]:
 
     cert = x509.load_der_x509_certificate(der)
     issuer = {
-        getattr(attr.oid, "_name", attr.oid.dotted_string): str(attr.value)
-        for attr in cert.issuer
+        getattr(attr.oid, "_name", attr.oid.dotted_string): str(attr.value) for attr in cert.issuer
     }
     algorithm = getattr(cert.signature_algorithm_oid, "_name", None)
     return {

@@ -71,4 +71,3 @@ def test_user_data_and_relay_unit_use_the_regions_kms_host(region: str) -> None:
     assert f" {host} 443 " in unit and f"-> {host}:443" in unit
     if region.startswith("cn-"):
         assert ".amazonaws.com " not in script and ".amazonaws.com," not in script
-
