@@ -550,6 +550,35 @@ def _parse_signature(raw: bytes, pcr0: bytes) -> tuple[SigningInfo, bytes]:
 _COSE_ALGS = {-7: ("SHA256", 32), -35: ("SHA384", 48), -36: ("SHA512", 66)}
 
 
+def _cose_parts(cose: bytes) -> tuple[bytes, bytes, bytes, int, Any]:
+    """``(protected, payload, signature, alg, decoded payload)`` of a COSE_Sign1, or EifError.
+
+    The shape is checked here (a hostile section is ``bad-eif``, as nitro-cli fails on it);
+    whether the signature is good is left to the caller (``SignatureCheck``).
+    """
+    import cbor2
+
+    try:
+        msg = cbor2.loads(cose)
+        if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:
+            msg = msg.value
+        if not isinstance(msg, list) or len(msg) != 4:
+            raise ValueError("not an array of 4 items")
+        protected, _unprotected, payload, signature = msg
+        if not all(isinstance(v, bytes) for v in (protected, payload, signature)):
+            raise ValueError("protected header, payload and signature must be byte strings")
+        header = cbor2.loads(protected) if protected else {}
+        if not isinstance(header, dict):
+            raise ValueError("protected header is not a map")
+        alg = header.get(1)
+        if type(alg) is not int:  # a hostile header may hold anything, e.g. {1: [1]}
+            raise ValueError(f"algorithm (label 1) is not an integer: {alg!r:.40}")
+        info = cbor2.loads(payload)
+    except Exception as exc:  # cbor2 raises several types on hostile input
+        raise EifError(f"EIF signature is not a COSE_Sign1 structure: {exc}"[:300]) from None
+    return protected, payload, signature, alg, info
+
+
 def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> str | None:
     """None when the COSE_Sign1 verifies with ``cert`` and signs ``{0: PCR0}``; else why not."""
     import cbor2
@@ -558,24 +587,15 @@ def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> s
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    try:
-        msg = cbor2.loads(cose)
-        if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:
-            msg = msg.value
-        protected, _unprotected, payload, signature = msg
-        header = cbor2.loads(protected) if protected else {}
-        alg = header.get(1) if isinstance(header, dict) else None
-        info = cbor2.loads(payload)
-    except Exception:
-        return "signature is not a COSE_Sign1 structure"
-    if type(alg) is not int or alg not in _COSE_ALGS:  # a hostile header may hold anything
+    protected, payload, signature, alg, info = _cose_parts(cose)
+    if alg not in _COSE_ALGS:
         return f"unsupported COSE algorithm {alg!r}"
     hash_name, n = _COSE_ALGS[alg]
     try:
         key = cert.public_key()
     except (ValueError, TypeError, UnsupportedAlgorithm):  # the key is parsed lazily
         return "signing certificate carries an unreadable public key"
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(signature, bytes):
+    if not isinstance(key, ec.EllipticCurvePublicKey):
         return "signing key is not an EC key"
     if len(signature) != 2 * n:
         return f"signature is {len(signature)} bytes, expected {2 * n}"

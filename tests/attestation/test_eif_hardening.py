@@ -155,9 +155,21 @@ PAYLOAD = cbor2.dumps({"register_index": 0, "register_value": list(PCR0)})
 def test_the_reported_protected_header_is_typed() -> None:
     """Regression: COSE protected header {1: [1]} raised an untyped TypeError."""
     data = _eif_with_signature(_signature_section(_cose(cbor2.dumps({1: [1]}), PAYLOAD)))
-    assert _outcome(data) in {"bad-eif", "unchecked"}
-    image = read_eif(data)
-    assert image.signing is not None and "algorithm" in (image.signing.problem or "")
+    assert _outcome(data) == "bad-eif"
+    with pytest.raises(EifError, match="algorithm"):
+        read_eif(data)
+    # a well-formed COSE_Sign1 whose signature is wrong is still read: SignatureCheck false
+    fine = _eif_with_signature(_signature_section(_cose(cbor2.dumps({1: -35}), PAYLOAD)))
+    assert _outcome(fine) == "unchecked"
+
+
+def test_the_reported_header_through_the_cli(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "reported.eif"
+    path.write_bytes(_eif_with_signature(_signature_section(_cose(cbor2.dumps({1: [1]}), PAYLOAD))))
+    code = main(["pcrs", "--eif", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 2 and json.loads(out)["error"]["code"] == "bad-eif"
+    assert "Traceback" not in err
 
 
 def test_the_cli_gives_bad_eif_exit_2_and_no_traceback(capsys, tmp_path: Path) -> None:
