@@ -19,10 +19,10 @@ from typing import Any, TextIO
 from cryptography import x509
 
 from .document import MAX_DOCUMENT_SIZE, AttestationDocument, parse_document
-from .errors import AttestationError, MalformedError
+from .errors import AttestationError, MalformedError, PolicyError
 from .policy import Policy
 from .roots import AWS_NITRO_ROOT_G1, der_sha256, load_root_pem
-from .verifier import At, Verifier
+from .verifier import At, Verifier, policy_has_max_age
 
 EXIT_VALID = 0
 EXIT_REJECTED = 1
@@ -69,7 +69,12 @@ def _read_input(source: str) -> bytes:
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
     if len(data) > MAX_INPUT_SIZE:
-        raise UsageError(f"{source} is larger than {MAX_INPUT_SIZE} bytes; not a document")
+        # Readable, but not a document: a rejection (exit 1, JSON under --json), not usage.
+        raise MalformedError(
+            f"input is larger than {MAX_INPUT_SIZE} bytes; not a document",
+            expected=f"<= {MAX_INPUT_SIZE}",
+            found=f"> {MAX_INPUT_SIZE}",
+        )
     return decode_input(data)
 
 
@@ -187,10 +192,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     roots = _load_roots(args.root)
     policy = _policy(args)
     at = _parse_at(args.at)
-    data = _read_input(args.file)
+    if at == "document" and policy_has_max_age(policy):
+        raise UsageError(
+            "--max-age cannot be checked with --at document (a document is never old at its "
+            "own timestamp)"
+        )
     verifier = Verifier(roots)
     try:
+        data = _read_input(args.file)
         doc = verifier.verify(data, policy, at=at)
+    except PolicyError as exc:
+        raise UsageError(exc.message) from None
     except AttestationError as exc:
         if args.json:
             print(json.dumps({"valid": False, "error": {"code": exc.code, "message": exc.message}}))
@@ -230,9 +242,8 @@ def _cert_summary(der: bytes) -> dict[str, Any]:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    data = _read_input(args.file)
     try:
-        doc = parse_document(data)
+        doc = parse_document(_read_input(args.file))
     except AttestationError as exc:
         if args.json:
             print(json.dumps({"verified": False, "error": exc.to_dict()}))

@@ -1,7 +1,8 @@
 """``python -m attestation pcrs``: measurements from an EIF, a role ARN, an instance id; and
 verify-before-deploy (compare an EIF with a running enclave's document or a measurements file).
 
-Exit codes: 0 ok / match, 1 mismatch or invalid document or bad EIF, 2 usage or I/O error.
+Exit codes: 0 ok / match, 1 mismatch or invalid document, 2 usage, I/O error or bad EIF
+(``bad-eif``: the file is not an EIF nitro-cli would accept; JSON error on stdout).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run_pcrs(args: argparse.Namespace) -> int:
         return _run(args)
     except EifError as exc:
         _emit_error(exc)
-        return EXIT_MISMATCH
+        return EXIT_USAGE
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._cbor import decode_strict
 from ._cose import ALG_ES384, ES384_SIGNATURE_SIZE, HEADER_ALG
-from .errors import MalformedError, UnsupportedAlgorithmError
+from .errors import MalformedError, NitroTpmDocumentError, UnsupportedAlgorithmError
 
 __all__ = [
     "MAX_CABUNDLE_LENGTH",
@@ -49,6 +49,10 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, so .datetime
 
 _COSE_TAG_BYTE = 0xD2  # tag 18 (COSE_Sign1) in its one-byte form
 _MANDATORY = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
+NITROTPM_PCRS_FIELD = "nitrotpm_pcrs"
+"""Where a NitroTPM document (an EC2 instance's, not an enclave's) keeps its PCRs."""
+NITROTPM_MODULE_MARK = "-tpm"
+"""NitroTPM module ids read ``i-…-tpm…``; an enclave's read ``i-…-enc…``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,7 @@ def _check_protected(protected: Any) -> None:
 def _build(
     fields: Mapping[Any, Any], protected: bytes, payload: bytes, signature: bytes
 ) -> AttestationDocument:
+    _refuse_nitrotpm(fields)
     for name in _MANDATORY:
         if fields.get(name) is None:
             raise MalformedError(f"payload field {name!r} is missing")
@@ -181,6 +186,19 @@ def _build(
         payload=payload,
         signature=signature,
     )
+
+
+def _refuse_nitrotpm(fields: Mapping[Any, Any]) -> None:
+    """Name a NitroTPM document for what it is, so a wrong input is not just "malformed"."""
+    module_id = fields.get("module_id")
+    tpm_id = type(module_id) is str and NITROTPM_MODULE_MARK in module_id
+    if NITROTPM_PCRS_FIELD in fields or (tpm_id and "pcrs" not in fields):
+        raise NitroTpmDocumentError(
+            "this is a NitroTPM attestation document (an EC2 instance's TPM, "
+            f"{NITROTPM_PCRS_FIELD!r} instead of 'pcrs'), not a Nitro Enclaves NSM document",
+            expected="an enclave document with 'pcrs'",
+            found=f"module_id {str(module_id)[:64]!r}",
+        )
 
 
 def _sized_bytes(value: Any, name: str, low: int, high: int) -> bytes:

@@ -211,22 +211,70 @@ class EifImage:
         return measurements_json({**self.pcrs, **(extra or {})})
 
     def describe(self) -> dict[str, Any]:
-        """A ``nitro-cli describe-eif``-like summary (JSON-ready)."""
+        """``nitro-cli describe-eif``'s JSON (CLI ``json_output.rs`` ``EifDescribeInfo``).
+
+        Keys in nitro-cli's order: EifVersion, Measurements, IsSigned, SigningCertificate and
+        SignatureCheck (signed only), CheckCRC, ImageName, ImageVersion and Metadata (when
+        the EIF has a metadata section; custom metadata fields are flattened into Metadata).
+        """
         out: dict[str, Any] = {"EifVersion": self.header.version, **self.measurements()}
         out["IsSigned"] = self.is_signed
-        out["CheckCRC"] = self.crc_ok
-        out["Arch"] = self.header.arch
         if self.signing is not None:
-            out["SigningCertificate"] = {
-                "Subject": self.signing.subject,
-                "IssuerName": self.signing.issuer,
-                "NotBefore": self.signing.not_before.isoformat(),
-                "NotAfter": self.signing.not_after.isoformat(),
-            }
+            out["SigningCertificate"] = _certificate_info(self.signing.certificate_der)
+        out["CheckCRC"] = self.crc_ok
+        if self.signing is not None:
             out["SignatureCheck"] = self.signing.signature_check
         if self.metadata is not None:
-            out["Metadata"] = dict(self.metadata)
+            out.update(_metadata_describe(self.metadata))
         return out
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _openssl_time(when: datetime) -> str:
+    """OpenSSL's ASN1_TIME_print form, as nitro-cli prints it: ``Jan  2 03:04:05 2025 GMT``."""
+    return f"{_MONTHS[when.month - 1]} {when.day:2d} {when:%H:%M:%S} {when.year} GMT"
+
+
+def _certificate_info(der: bytes) -> dict[str, Any]:
+    """nitro-cli's ``SignCertificateInfo``: IssuerName (long attribute names, sorted),
+    Algorithm, NotBefore, NotAfter and Signature (upper-case hex bytes joined by ':')."""
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    issuer = {
+        getattr(attr.oid, "_name", attr.oid.dotted_string): str(attr.value) for attr in cert.issuer
+    }
+    algorithm = getattr(cert.signature_algorithm_oid, "_name", None)
+    return {
+        "IssuerName": dict(sorted(issuer.items())),
+        "Algorithm": algorithm or cert.signature_algorithm_oid.dotted_string,
+        "NotBefore": _openssl_time(cert.not_valid_before_utc),
+        "NotAfter": _openssl_time(cert.not_valid_after_utc),
+        "Signature": cert.signature.hex(":").upper(),
+    }
+
+
+_BUILD_FIELDS = ("BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion")
+
+
+def _metadata_describe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """ImageName, ImageVersion and Metadata as nitro-cli shows an EIF's metadata section
+    (``MetadataDescribeInfo``: the BuildMetadata fields, DockerInfo, then the custom fields)."""
+    out: dict[str, Any] = {}
+    for key in ("ImageName", "ImageVersion"):
+        if key in meta:
+            out[key] = meta[key]
+    build = meta.get("BuildMetadata")
+    build = build if isinstance(build, Mapping) else {}
+    described: dict[str, Any] = {k: build[k] for k in _BUILD_FIELDS if k in build}
+    described["DockerInfo"] = meta.get("DockerInfo")
+    custom = meta.get("CustomMetadata")
+    if isinstance(custom, Mapping):
+        described.update(custom)  # serde(flatten): custom fields sit beside the others
+    out["Metadata"] = described
+    return out
 
 
 def measurements_json(pcrs: Mapping[int, bytes]) -> dict[str, Any]:
@@ -270,6 +318,10 @@ def _read(fh: IO[bytes], check_crc: bool, limits: EifLimits) -> EifImage:
         raise
     except OSError as exc:
         raise EifError(f"I/O error while reading the EIF: {exc}") from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        # Every check above raises EifError; this only keeps a missed case typed (never a
+        # traceback for a hostile file).
+        raise EifError(f"EIF could not be parsed: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
 class _Reader:
@@ -391,11 +443,10 @@ class _Reader:
                 strict=True,
             ),
         )
-        for offset, size, slot in placed:
-            if offset + SECTION_HEADER_SIZE + size > self.size:
+        for offset, _size, slot in placed:
+            if offset + SECTION_HEADER_SIZE > self.size:
                 raise EifError(
-                    f"EIF section {slot} (offset {offset}, size {size}) "
-                    f"lies outside the {self.size}-byte file"
+                    f"EIF section {slot} (offset {offset}) lies outside the {self.size}-byte file"
                 )
         sections: list[EifSection] = []
         expected_offset = HEADER_SIZE
@@ -418,15 +469,30 @@ class _Reader:
                     f"EIF section {slot} at offset {offset} has invalid type {type_code}",
                     found=type_code,
                 )
-            if own_size != size:
+            signature = type_code == SectionType.SIGNATURE
+            if not signature and offset + SECTION_HEADER_SIZE + size > self.size:
+                raise EifError(
+                    f"EIF section {slot} (offset {offset}, size {size}) "
+                    f"lies outside the {self.size}-byte file"
+                )
+            if own_size != size and not signature:
+                # nitro-cli reads each size from the section header, one section after
+                # another. Only `nitro-cli sign-eif` on a signed EIF leaves the table's size
+                # of the signature section stale (it rewrites offsets, not that size); any
+                # other disagreement is refused.
                 raise EifError(
                     f"EIF section {slot}: header table says {size} bytes, "
                     f"section header says {own_size}",
                     expected=size,
                     found=own_size,
                 )
-            sections.append(EifSection(slot, SectionType(type_code), flags, offset, size))
-            expected_offset = offset + SECTION_HEADER_SIZE + size
+            if offset + SECTION_HEADER_SIZE + own_size > self.size:
+                raise EifError(
+                    f"EIF section {slot} (offset {offset}, size {own_size}) "
+                    f"lies outside the {self.size}-byte file"
+                )
+            sections.append(EifSection(slot, SectionType(type_code), flags, offset, own_size))
+            expected_offset = offset + SECTION_HEADER_SIZE + own_size
         if expected_offset != self.size:
             raise EifError(
                 f"EIF has {self.size - expected_offset} trailing bytes after the last section"
@@ -484,6 +550,35 @@ def _parse_signature(raw: bytes, pcr0: bytes) -> tuple[SigningInfo, bytes]:
 _COSE_ALGS = {-7: ("SHA256", 32), -35: ("SHA384", 48), -36: ("SHA512", 66)}
 
 
+def _cose_parts(cose: bytes) -> tuple[bytes, bytes, bytes, int, Any]:
+    """``(protected, payload, signature, alg, decoded payload)`` of a COSE_Sign1, or EifError.
+
+    The shape is checked here (a hostile section is ``bad-eif``, as nitro-cli fails on it);
+    whether the signature is good is left to the caller (``SignatureCheck``).
+    """
+    import cbor2
+
+    try:
+        msg = cbor2.loads(cose)
+        if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:
+            msg = msg.value
+        if not isinstance(msg, list) or len(msg) != 4:
+            raise ValueError("not an array of 4 items")
+        protected, _unprotected, payload, signature = msg
+        if not all(isinstance(v, bytes) for v in (protected, payload, signature)):
+            raise ValueError("protected header, payload and signature must be byte strings")
+        header = cbor2.loads(protected) if protected else {}
+        if not isinstance(header, dict):
+            raise ValueError("protected header is not a map")
+        alg = header.get(1)
+        if type(alg) is not int:  # a hostile header may hold anything, e.g. {1: [1]}
+            raise ValueError(f"algorithm (label 1) is not an integer: {alg!r:.40}")
+        info = cbor2.loads(payload)
+    except Exception as exc:  # cbor2 raises several types on hostile input
+        raise EifError(f"EIF signature is not a COSE_Sign1 structure: {exc}"[:300]) from None
+    return protected, payload, signature, alg, info
+
+
 def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> str | None:
     """None when the COSE_Sign1 verifies with ``cert`` and signs ``{0: PCR0}``; else why not."""
     import cbor2
@@ -492,15 +587,7 @@ def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> s
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    try:
-        msg = cbor2.loads(cose)
-        if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:
-            msg = msg.value
-        protected, _unprotected, payload, signature = msg
-        alg = cbor2.loads(protected).get(1) if protected else None
-        info = cbor2.loads(payload)
-    except Exception:
-        return "signature is not a COSE_Sign1 structure"
+    protected, payload, signature, alg, info = _cose_parts(cose)
     if alg not in _COSE_ALGS:
         return f"unsupported COSE algorithm {alg!r}"
     hash_name, n = _COSE_ALGS[alg]
@@ -508,7 +595,7 @@ def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> s
         key = cert.public_key()
     except (ValueError, TypeError, UnsupportedAlgorithm):  # the key is parsed lazily
         return "signing certificate carries an unreadable public key"
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(signature, bytes):
+    if not isinstance(key, ec.EllipticCurvePublicKey):
         return "signing key is not an EC key"
     if len(signature) != 2 * n:
         return f"signature is {len(signature)} bytes, expected {2 * n}"

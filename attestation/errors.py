@@ -69,6 +69,12 @@ class MalformedError(AttestationError):
     code = "malformed"
 
 
+class NitroTpmDocumentError(MalformedError):
+    """A NitroTPM (EC2 instance) attestation document, not an enclave's NSM document."""
+
+    code = "nitrotpm-document"
+
+
 class UnsupportedAlgorithmError(AttestationError):
     """The COSE algorithm, digest or key type is not the one Nitro uses (ES384/SHA384/P-384)."""
 
@@ -155,6 +161,7 @@ class EifError(AttestationError):
 
 ALL_ERRORS: tuple[type[AttestationError], ...] = (
     MalformedError,
+    NitroTpmDocumentError,
     UnsupportedAlgorithmError,
     BadSignatureError,
     UntrustedRootError,

@@ -71,16 +71,18 @@ def encode_payload(
     nonce: bytes | None = None,
     digest: str = "SHA384",
     indefinite_map: bool = True,
+    pcrs_field: str = "pcrs",
 ) -> bytes:
     """CBOR payload in the NSM's key order; ``None`` optionals are written as ``null``.
 
-    No validation: tests use this to build out-of-spec documents on purpose.
+    No validation: tests use this to build out-of-spec documents on purpose. ``pcrs_field``
+    ``"nitrotpm_pcrs"`` gives the shape of a NitroTPM (EC2 instance) document.
     """
     fields = (
         ("module_id", module_id),
         ("digest", digest),
         ("timestamp", timestamp_ms),
-        ("pcrs", {int(k): bytes(v) for k, v in sorted(pcrs.items())}),
+        (pcrs_field, {int(k): bytes(v) for k, v in sorted(pcrs.items())}),
         ("certificate", certificate),
         ("cabundle", list(cabundle)),
         ("public_key", public_key),
@@ -234,15 +236,21 @@ class TestPKI:
         )
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write PEM certificates and keys plus ``testpki.json``; ``root.pem`` is the anchor."""
+        """Write PEM certificates and keys plus ``testpki.json``; ``root.pem`` is the anchor.
+
+        The directory is mode 0700, keys 0600 and the rest 0644, whatever the umask: whoever
+        can replace ``root.pem`` decides what a verifier trusting it accepts.
+        """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
         with self._lock:
             items = [("root", self._root), *((lvl, self._cas[lvl]) for lvl in _LEVELS)]
             for name, issued in items:
                 (d / f"{name}.pem").write_bytes(
                     issued.cert.public_bytes(serialization.Encoding.PEM)
                 )
+                os.chmod(d / f"{name}.pem", 0o644)
                 key_path = d / f"{name}.key.pem"
                 key_pem = issued.key.private_bytes(
                     serialization.Encoding.PEM,
@@ -250,10 +258,12 @@ class TestPKI:
                     serialization.NoEncryption(),
                 )
                 fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # also when the file already existed with another mode
                 with os.fdopen(fd, "wb") as f:
                     f.write(key_pem)
             meta = {"region": self.region, "ids": self._ids}
             (d / _META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+            os.chmod(d / _META_FILE, 0o644)
 
     # -- public views -------------------------------------------------------------------------
 
@@ -285,11 +295,13 @@ class TestPKI:
         nonce: bytes | None = None,
         tagged: bool = False,
         indefinite_map: bool = True,
+        nitrotpm: bool = False,
     ) -> bytes:
         """An attestation document signed by this chain, shaped exactly like the NSM's.
 
         ``timestamp_ms`` defaults to now. Raises ``ValueError`` for values the NSM could not
-        produce (PCR sizes, field sizes, a time outside the root's validity).
+        produce (PCR sizes, field sizes, a time outside the root's validity). ``nitrotpm``:
+        shape it as an EC2 instance's NitroTPM document instead (``nitrotpm_pcrs``).
         """
         _check_sign_args(pcrs, module_id, public_key, user_data, nonce)
         if timestamp_ms is None:
@@ -310,6 +322,7 @@ class TestPKI:
                 user_data=user_data,
                 nonce=nonce,
                 indefinite_map=indefinite_map,
+                pcrs_field="nitrotpm_pcrs" if nitrotpm else "pcrs",
             )
             key = leaf.key
         return encode_cose_sign1(payload, key, tagged=tagged)

@@ -29,7 +29,7 @@ from .errors import BadSignatureError, PolicyError
 from .policy import DEFAULT_POLICY_CHECKS, Policy
 from .roots import AWS_NITRO_ROOT_G1
 
-__all__ = ["At", "Verifier", "verify"]
+__all__ = ["At", "Verifier", "policy_has_max_age", "verify"]
 
 At = datetime | Literal["document"] | None
 """Reference time: None = now (the clock is read once), an aware datetime, or "document"."""
@@ -80,6 +80,12 @@ class Verifier:
         if policy is not None and not isinstance(policy, Policy):
             raise PolicyError(f"policy must be a Policy or None, not {type(policy).__name__}")
         reference = self._reference_time(at)  # validated before any work
+        if reference == "document" and policy is not None and policy_has_max_age(policy):
+            # The age of a document at its own timestamp is always zero: refuse, never pass.
+            raise PolicyError(
+                'max_age cannot be checked with at="document" (a document is never old at '
+                "its own timestamp); pass a reference time or drop max_age"
+            )
 
         # 1. Structure.
         doc = parse_document(data)
@@ -109,6 +115,14 @@ class Verifier:
                 raise PolicyError("at must be a timezone-aware datetime (e.g. UTC)")
             return at
         raise PolicyError('at must be None, an aware datetime or "document"')
+
+
+def policy_has_max_age(policy: Policy) -> bool:
+    """True when ``policy`` checks a maximum age (meaningless at the document's own time)."""
+    max_age = getattr(policy, "max_age", None)
+    if max_age is not None:
+        return True
+    return any(getattr(c, "max_age", None) is not None for c in policy.checks)
 
 
 _default: Verifier | None = None

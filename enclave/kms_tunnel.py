@@ -35,6 +35,7 @@ from typing import Any
 
 from attestation.errors import CodedError
 
+from .endpoints import dns_suffix, kms_hostnames
 from .transport import (
     PARENT_CID,
     SIM_DIR_ENV,
@@ -91,25 +92,6 @@ class TunnelLimits:
     """Read size when piping."""
     start_timeout_s: float = 10.0
     """`KmsTunnel.start` waits this long for the listener."""
-
-
-def dns_suffix(region: str) -> str:
-    """The AWS DNS suffix of a region's endpoints (as the AWS SDKs map it)."""
-    if region.startswith("cn-"):
-        return "amazonaws.com.cn"
-    if region.startswith("eusc-"):
-        return "amazonaws.eu"
-    if region.startswith("us-isob-"):
-        return "sc2s.sgov.gov"
-    if region.startswith("us-iso-"):
-        return "c2s.ic.gov"
-    return "amazonaws.com"
-
-
-def kms_hostnames(region: str) -> frozenset[str]:
-    """KMS host names of `region` (standard and FIPS) that CONNECT may name."""
-    suffix = dns_suffix(region)
-    return frozenset({f"kms.{region}.{suffix}", f"kms-fips.{region}.{suffix}"})
 
 
 class KmsTunnel:

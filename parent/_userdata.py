@@ -9,6 +9,8 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 
+from enclave.endpoints import kms_host
+
 MAX_USER_DATA = 16 * 1024  # EC2 limit on raw user data
 INSTALL_DIR = "/opt/nitro-toolkit"
 CONFIG_DIR = "/etc/nitro-toolkit"
@@ -79,6 +81,7 @@ def render_units(cfg: UserDataConfig) -> dict[str, str]:
     values = {
         "name": cfg.name,
         "region": cfg.region,
+        "kms_host": kms_host(cfg.region),
         "eif_path": f"{INSTALL_DIR}/app.eif",
         "cpu_count": cfg.cpu_count,
         "memory_mib": cfg.memory_mib,
@@ -132,7 +135,7 @@ def render(cfg: UserDataConfig) -> str:
         "# 4. configuration: KMS allowlist for the relay, deployment facts for operators",
         f"cat > {CONFIG_DIR}/vsock-proxy.yaml <<'EOF'",
         "allowlist:",
-        f"- {{address: kms.{cfg.region}.amazonaws.com, port: 443}}",
+        f"- {{address: {kms_host(cfg.region)}, port: 443}}",
         "EOF",
         f"cat > {CONFIG_DIR}/deployment.json <<'EOF'",
         "{"

@@ -17,7 +17,8 @@ principal with ``kms:Decrypt`` in its IAM policy decrypt without attestation
 
 CLI: ``python -m parent.key_policy --measurements FILE --enclave-role ARN --admin ARN
 [--operator ARN] [--pcr N]... [--pcr-value N=HEX]...`` prints the policy JSON;
-``python -m parent.key_policy --lint POLICY.json`` prints findings (exit 1 if any).
+``python -m parent.key_policy --lint POLICY.json [--enclave-role ARN]...`` prints findings
+(exit 1 if any). The generator refuses a principal that is both administrator and enclave role.
 """
 
 from __future__ import annotations
@@ -96,7 +97,18 @@ MAX_MEASUREMENTS_BYTES = 1 << 20
 
 _ARN_RE = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:\S+$")
 _ROOT_RE = re.compile(r"^(arn:aws[a-z-]*:iam::\d{12}:root|\d{12})$")
-_POSITIVE_OPERATORS = frozenset({"stringequals", "stringequalsignorecase", "stringlike"})
+_POSITIVE_OPERATORS = frozenset({"stringequals", "stringequalsignorecase"})
+"""Operators that pin an attestation key to exact values (StringLike is a wildcard, not a pin)."""
+ATTESTATION_KEY_PREFIX = "kms:recipientattestation:"
+CODE_PIN_KEYS = frozenset(
+    {IMAGE_SHA384_KEY.lower(), PCR_KEY.format(0).lower(), PCR_KEY.format(8).lower()}
+)
+"""Keys that pin the enclave's code: ImageSha384 / PCR0 (the image) or PCR8 (its signer).
+PCR1/2/3/4 alone do not: PCR4 (the instance) is met by any image started on that instance."""
+ENCLAVE_ROLE_FORBIDDEN = ("kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncryptFrom",
+                          "kms:ReEncryptTo", "kms:*")  # fmt: skip
+"""Never for the enclave (= parent instance) role: each lets it bypass attestation (rewrite the
+policy, grant itself, re-encrypt to a key it controls, or all of these)."""
 
 
 class KeyPolicyError(CodedError):
@@ -259,6 +271,14 @@ def key_policy(
             conditions[PCR_KEY.format(index)] = normalized[index]
     enclave_names = _principals(enclave_role, "enclave role")
     admin_names = _principals(admin, "admin")
+    both = sorted(set(enclave_names) & set(admin_names))
+    if both:
+        raise KeyPolicyError(
+            "admin-is-enclave-role",
+            f"{', '.join(both)} is both key administrator and enclave role: as administrator it "
+            "could rewrite the key policy (kms:PutKeyPolicy) and decrypt without attestation; "
+            "name a different administrator",
+        )
     operator_names = _principals(operator, "operator") if operator else admin_names
     admin_actions = [a for a in ADMIN_ACTIONS if allow_policy_updates or a != "kms:PutKeyPolicy"]
     return {
@@ -325,14 +345,74 @@ def _requires_attestation(condition: Any) -> bool:
     return False
 
 
-def lint_policy(policy: Mapping[str, Any] | str) -> list[str]:
+def _attestation_tests(condition: Any) -> list[tuple[str, str, Any]]:
+    """Every ``(operator, lower-case key, value)`` on a kms:RecipientAttestation:* key."""
+    if not isinstance(condition, Mapping):
+        return []
+    out = []
+    for operator, tests in condition.items():
+        if isinstance(tests, Mapping):
+            for key, value in tests.items():
+                if str(key).lower().startswith(ATTESTATION_KEY_PREFIX):
+                    out.append((str(operator), str(key).lower(), value))
+    return out
+
+
+def _pins_code(condition: Any) -> bool:
+    """An exact positive condition on ImageSha384, PCR0 or PCR8 (not PCR4 alone)."""
+    for operator, key, value in _attestation_tests(condition):
+        values = _as_list(value)
+        if (
+            operator.lower() in _POSITIVE_OPERATORS
+            and key in CODE_PIN_KEYS
+            and values
+            and all(isinstance(v, str) and "*" not in v and "?" not in v for v in values)
+        ):
+            return True
+    return False
+
+
+def _enclave_roles(statements: list[Any], given: Sequence[str]) -> set[str]:
+    """The named enclave roles plus every principal granted something under attestation."""
+    roles = set(given)
+    for statement in statements:
+        if isinstance(statement, Mapping) and _attestation_tests(statement.get("Condition")):
+            roles.update(n for n in _principal_names(statement.get("Principal")) if n != "*")
+    return roles
+
+
+def _attestation_findings(label: str, statement: Mapping[str, Any], releases: bool) -> list[str]:
+    findings = []
+    for operator, key, _value in _attestation_tests(statement.get("Condition")):
+        if "like" in operator.lower():
+            findings.append(
+                f"statement {label}: {operator} on {key} matches wildcards (* and ?): an "
+                "attestation key must be pinned with StringEquals(IgnoreCase)"
+            )
+    condition = statement.get("Condition")
+    if releases and _requires_attestation(condition) and not _pins_code(condition):
+        findings.append(
+            f"statement {label}: attestation conditions do not pin the enclave's code "
+            "(ImageSha384/PCR0, or PCR8 for a signed image); PCR1-4 alone are met by "
+            "other images (PCR4 by any image on that instance)"
+        )
+    return findings
+
+
+def lint_policy(
+    policy: Mapping[str, Any] | str, *, enclave_role: str | Sequence[str] = ()
+) -> list[str]:
     """Findings where a principal can obtain plaintext without attestation (empty = clean).
 
     Flags every Allow statement that grants a plaintext-releasing action (Decrypt,
     ReEncryptFrom, GenerateDataKey, GenerateDataKeyPair, DeriveSharedSecret, CreateGrant —
     directly or via wildcards such as ``kms:*``) without an exact positive condition on a
     ``kms:RecipientAttestation:*`` key, naming account-root principals as IAM delegation.
-    Statements using NotAction/NotPrincipal are flagged as not analysable.
+    Also flags wildcard operators (StringLike...) on attestation keys, attested grants that do
+    not pin ImageSha384/PCR0 or PCR8, and PutKeyPolicy, CreateGrant, ReEncrypt* or ``kms:*``
+    granted to the enclave role (``enclave_role``, plus every principal that a statement
+    grants something under attestation conditions). Statements using NotAction/NotPrincipal
+    are flagged as not analysable.
     """
     if isinstance(policy, str):
         try:
@@ -342,6 +422,9 @@ def lint_policy(policy: Mapping[str, Any] | str) -> list[str]:
     if not isinstance(policy, Mapping):
         return ["policy is not a JSON object"]
     statements = _as_list(policy.get("Statement", []))
+    roles = _enclave_roles(
+        statements, [enclave_role] if isinstance(enclave_role, str) else enclave_role
+    )
     findings: list[str] = []
     for index, statement in enumerate(statements):
         if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
@@ -354,6 +437,18 @@ def lint_policy(policy: Mapping[str, Any] | str) -> list[str]:
             continue
         actions = [str(a) for a in _as_list(statement.get("Action", []))]
         released = [a for a in PLAINTEXT_ACTIONS if any(_glob_match(p, a) for p in actions)]
+        findings += _attestation_findings(str(label), statement, bool(released))
+        principals = _principal_names(statement.get("Principal"))
+        forbidden = [
+            a for a in ENCLAVE_ROLE_FORBIDDEN if any(_glob_match(p, a) for p in actions)
+        ]  # fmt: skip
+        for name in principals:
+            if forbidden and (name in roles or name == "*"):
+                findings.append(
+                    f"statement {label}: grants {', '.join(forbidden)} to the enclave role "
+                    f"{name}: it could rewrite the policy, grant itself or re-encrypt, and so "
+                    "decrypt without attestation"
+                )
         if not released or _requires_attestation(statement.get("Condition")):
             continue
         for name in _principal_names(statement.get("Principal")) or ["(no AWS principal)"]:
@@ -441,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.lint:
-            findings = lint_policy(_read(args.lint))
+            findings = lint_policy(_read(args.lint), enclave_role=args.enclave_role)
             for finding in findings:
                 print(finding)
             return 1 if findings else 0

@@ -3,7 +3,7 @@
 The module is found the way ``python -m simulator up`` would import it (its working
 directory, then ``PYTHONPATH``, then ``sys.path``). Its top-level package (or the module file
 itself) is copied, ``.py`` files only, next to the enclave code the simulated enclave runs;
-the NSM measures that copy into PCR0/PCR2 (``simulator.measure.package_files``).
+the NSM measures that copy into PCR0/PCR2 (``simulator.measure.app_package_files``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,7 +63,9 @@ async def serve_nsm(
 ) -> asyncio.Server:
     """Start serving ``nsm.handle`` on the AF_UNIX ``socket_path``; returns the server.
 
-    A stale socket file at ``socket_path`` is replaced; any other file there is an error.
+    A stale socket file at ``socket_path`` is replaced; any other file there is an error. The
+    socket is mode 0600 whatever the umask: it is bound in a private directory, restricted,
+    then renamed into place, so no other user can ever connect (``/dev/nsm`` is the enclave's).
     """
     lim = limits or NsmServerLimits()
     path = Path(socket_path)
@@ -89,7 +93,37 @@ async def serve_nsm(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), lim.write_timeout)
 
-    return await asyncio.start_unix_server(on_connection, path=os.fspath(path))
+    sock = bind_private_unix_socket(path)
+    try:
+        return await asyncio.start_unix_server(on_connection, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def bind_private_unix_socket(path: str | os.PathLike[str], mode: int = 0o600) -> socket.socket:
+    """An AF_UNIX socket bound at ``path`` with ``mode``, never reachable with a looser one.
+
+    bind() creates the file with the umask's mode; binding inside a fresh 0700 directory,
+    chmod-ing, then renaming into place leaves no moment where another user could connect.
+    """
+    target = Path(path)
+    staging = Path(tempfile.mkdtemp(prefix=".bind-", dir=target.parent))  # mode 0700
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        staged = staging / "s"
+        sock.bind(os.fspath(staged))
+        os.chmod(staged, mode)
+        os.replace(staged, target)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
+    return sock
 
 
 async def _serve_connection(

@@ -9,6 +9,13 @@ the EIF formulas (``attestation.pcr.image_pcrs``):
 * ``ramdisk[1]`` — a deterministic cpio "newc" archive of the enclave package's ``.py`` files
   under ``rootfs/app/enclave/`` (plus optional extra app files under ``rootfs/app/``).
 
+With ``build_image_root`` the simulator first copies the packages the enclave runs (``enclave``
+and ``attestation``, plus any app package) into a fresh private directory, and the NSM
+measures that copy (``measure_image_root``: every file, ``rootfs/app/<package>/...``). The
+enclave process then runs only from the copy: ``enclave_argv`` starts Python isolated (``-I``:
+no ``PYTHON*`` variables, no user site, no current directory on the path) and without writing
+bytecode (``-B``), and the copy holds no ``.pyc``, so no bytecode from outside can run.
+
 So editing one enclave source file changes PCR0 and PCR2 but never PCR1. The archive is
 byte-reproducible: entries sorted, mode 0644 (dirs 0755), uid/gid 0, mtime 0, inode numbers in
 order, no compression; ``__pycache__`` directories, ``.pyc`` files and dot-directories are
@@ -38,10 +45,14 @@ __all__ = [
     "ArchiveEntry",
     "EnclaveImage",
     "MeasureError",
+    "app_package_files",
     "build_enclave_image",
+    "build_image_root",
     "cpio_newc",
     "enclave_archive",
+    "enclave_argv",
     "measure_enclave_code",
+    "measure_image_root",
     "package_files",
 ]
 
@@ -178,7 +189,7 @@ def _package_sources(source_dir: Path) -> Iterable[tuple[str, Path]]:
                 yield path.relative_to(source_dir).as_posix(), path
 
 
-def package_files(package: str | os.PathLike[str]) -> dict[str, Path]:
+def app_package_files(package: str | os.PathLike[str]) -> dict[str, Path]:
     """``app_files`` for an app package directory (or a single module file): its ``.py``
     files under ``<name>/`` (``<name>.py`` for a module), as measured into ``rootfs/app/``."""
     path = Path(package)
@@ -257,6 +268,122 @@ def measure_enclave_code(
 ) -> dict[int, bytes]:
     """PCR0, PCR1 and PCR2 of the enclave package at ``source_dir`` (EIF formulas)."""
     return build_enclave_image(source_dir, app_files=app_files).pcrs
+
+
+# -- the measured copy the simulated enclave runs from ---------------------------------------
+
+_BYTECODE_SUFFIXES = (".pyc", ".pyo")
+_LAUNCHER = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def package_files(package_dir: str | os.PathLike[str]) -> Iterable[tuple[str, Path]]:
+    """``(relative posix path, file)`` of every file of a package that is copied and measured.
+
+    Every regular file counts (sources and data such as the pinned root PEM), sorted; bytecode
+    (``__pycache__``, ``*.pyc``/``*.pyo``), dot entries and symlinks are left out, so they can
+    neither run nor go unmeasured.
+    """
+    base = Path(package_dir)
+    for root, dirs, files in os.walk(base):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if d != "__pycache__" and not d.startswith(".") and not Path(root, d).is_symlink()
+        )
+        for name in sorted(files):
+            path = Path(root, name)
+            if name.startswith(".") or name.endswith(_BYTECODE_SUFFIXES) or path.is_symlink():
+                continue
+            if path.is_file():
+                yield path.relative_to(base).as_posix(), path
+
+
+def build_image_root(
+    dest: str | os.PathLike[str], packages: Mapping[str, str | os.PathLike[str]]
+) -> Path:
+    """Copy each package (import name -> directory) into a fresh ``dest``, mode 0700.
+
+    ``dest`` is replaced whole, so nothing left from an earlier run (or planted) survives. The
+    copy is what ``measure_image_root`` measures and what ``enclave_argv`` runs.
+    """
+    root = Path(dest)
+    if root.is_symlink() or root.is_file():
+        raise MeasureError(f"{root} exists and is not a directory")
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(mode=0o700, parents=False)
+    os.chmod(root, 0o700)
+    count = total = 0
+    for name, directory in sorted(packages.items()):
+        _check_name(name)
+        if "/" in name or not name.isidentifier():
+            raise MeasureError(f"package name {name!r} is not an importable name")
+        if not Path(directory, "__init__.py").is_file():
+            raise MeasureError(f"{directory} is not a package (no __init__.py)")
+        for rel, path in package_files(directory):
+            data = _read(path)
+            count, total = count + 1, total + len(data)
+            if count > MAX_ARCHIVE_FILES or total > MAX_ARCHIVE_BYTES:
+                raise MeasureError(
+                    f"enclave code exceeds {MAX_ARCHIVE_FILES} files or {MAX_ARCHIVE_BYTES} bytes"
+                )
+            target = root / name / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    return root
+
+
+def measure_image_root(root: str | os.PathLike[str]) -> EnclaveImage:
+    """The simulated image of a ``build_image_root`` copy: every file, at ``rootfs/app/``."""
+    base = Path(root)
+    if not base.is_dir():
+        raise MeasureError(f"image root {base} does not exist")
+    files: dict[str, bytes | str | os.PathLike[str]] = {}
+    for package in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+        for rel, path in package_files(package):
+            files[f"{package.name}/{rel}"] = path
+    if not files:
+        raise MeasureError(f"image root {base} holds no package")
+    return _image_of(files)
+
+
+def _image_of(files: Mapping[str, bytes | str | os.PathLike[str]]) -> EnclaveImage:
+    contents: dict[str, bytes] = {}
+    total = 0
+    for rel, value in sorted(files.items()):
+        data = bytes(value) if isinstance(value, bytes | bytearray) else _read(Path(value))
+        total += len(data)
+        if len(contents) >= MAX_ARCHIVE_FILES or total > MAX_ARCHIVE_BYTES:
+            raise MeasureError(
+                f"enclave code exceeds {MAX_ARCHIVE_FILES} files or {MAX_ARCHIVE_BYTES} bytes"
+            )
+        contents[str(PurePosixPath(APP_PREFIX, *_check_name(rel)))] = data
+    listing = tuple(
+        ArchiveEntry(name, len(data), hashlib.sha384(data).hexdigest())
+        for name, data in sorted(contents.items(), key=lambda item: item[0].split("/"))
+    )
+    return EnclaveImage(
+        kernel=SIM_KERNEL,
+        cmdline=SIM_CMDLINE,
+        ramdisks=(SIM_BOOTSTRAP_RAMDISK, cpio_newc(contents)),
+        listing=listing,
+    )
+
+
+def enclave_argv(
+    python: str, image_root: str | os.PathLike[str], module: str, args: Iterable[str] = ()
+) -> list[str]:
+    """Run ``module`` from the measured copy only: isolated, unbuffered, writing no bytecode.
+
+    ``-I`` ignores every ``PYTHON*`` variable, the user site and the working directory;
+    ``-B`` writes no ``.pyc``; the copy's directory goes first on ``sys.path``.
+    """
+    return [python, "-I", "-B", "-u", "-c", _LAUNCHER, os.fspath(image_root), module, *args]
 
 
 def main(argv: list[str] | None = None) -> int:

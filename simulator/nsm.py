@@ -58,7 +58,7 @@ from enclave._nsm_codec import (
 )
 
 from ._nsm_server import NsmServerLimits, serve_nsm
-from .measure import MeasureError, measure_enclave_code
+from .measure import MeasureError, measure_enclave_code, measure_image_root
 
 __all__ = [
     "BOOT_LOCKED_PCRS",
@@ -122,9 +122,16 @@ def boot_pcrs(
     instance_id: str,
     role_arn: str | None = None,
     app_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
+    image_root: bool = False,
 ) -> dict[int, bytes]:
-    """PCR0-2 measured from the enclave code, PCR3 from the role ARN (else zero), PCR4."""
-    pcrs = measure_enclave_code(source_dir, app_files=app_files)
+    """PCR0-2 measured from the enclave code, PCR3 from the role ARN (else zero), PCR4.
+
+    ``image_root``: ``source_dir`` is a ``build_image_root`` copy; every file in it counts.
+    """
+    if image_root:
+        pcrs = measure_image_root(source_dir).pcrs
+    else:
+        pcrs = measure_enclave_code(source_dir, app_files=app_files)
     pcrs[3] = pcr3_from_role_arn(role_arn) if role_arn else ZERO_PCR
     pcrs[4] = pcr4_from_instance_id(instance_id)
     return pcrs
@@ -177,13 +184,20 @@ class SimulatedNsm:
         debug: bool = False,
         clock: Clock = _utc_now,
         app_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
+        image_root: bool = False,
     ) -> SimulatedNsm:
         """The NSM of an enclave running the code at ``source_dir`` on ``instance_id``.
 
         ``instance_id`` defaults to the TestPKI's simulated instance.
         """
         instance = instance_id or pki.instance_id
-        pcrs = boot_pcrs(source_dir, instance_id=instance, role_arn=role_arn, app_files=app_files)
+        pcrs = boot_pcrs(
+            source_dir,
+            instance_id=instance,
+            role_arn=role_arn,
+            app_files=app_files,
+            image_root=image_root,
+        )
         module_id = make_module_id(instance, now=clock())
         return cls(pki, pcrs=pcrs, module_id=module_id, debug=debug, clock=clock)
 
@@ -297,11 +311,11 @@ def _load_or_create_pki(directory: Path) -> TestPKI:
 
 
 def _app_files(packages: list[str]) -> dict[str, Path] | None:
-    from .measure import package_files
+    from .measure import app_package_files
 
     files: dict[str, Path] = {}
     for package in packages:
-        files.update(package_files(package))
+        files.update(app_package_files(package))
     return files or None
 
 
@@ -309,11 +323,12 @@ async def _run(args: argparse.Namespace) -> int:
     pki = _load_or_create_pki(Path(args.pki))
     nsm = SimulatedNsm.for_enclave(
         pki,
-        args.enclave_source,
+        args.image_root or args.enclave_source,
         instance_id=args.instance_id,
         role_arn=args.role_arn,
         debug=args.debug,
         app_files=_app_files(args.app_package),
+        image_root=args.image_root is not None,
     )
     server = await serve_nsm(nsm, args.socket)
     stop = asyncio.Event()
@@ -354,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pki", required=True, help="TestPKI directory (generated and saved there if empty)"
     )
-    parser.add_argument(
-        "--enclave-source", required=True, help="enclave package directory to measure (PCR0-2)"
+    code = parser.add_mutually_exclusive_group(required=True)
+    code.add_argument("--enclave-source", help="enclave package directory to measure (PCR0-2)")
+    code.add_argument(
+        "--image-root",
+        help="measured copy the enclave runs from (simulator.measure.build_image_root): "
+        "every file in it counts (PCR0-2)",
     )
     parser.add_argument(
         "--app-package", action="append", default=[], metavar="DIR",

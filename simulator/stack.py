@@ -7,7 +7,9 @@
    PCR0-2 measured from the enclave code that will run;
 3. ``kms-relay``  — the parent's vsock → TCP relay to the KMS (``python -m parent kms-relay``);
 4. ``enclave``    — ``python -m enclave`` with ``NITRO_NSM_SOCKET`` and ``NITRO_VSOCK_SIM_DIR``
-   (simulated CID 16), importing the measured code;
+   (simulated CID 16), run isolated from ``DIR/run/<name>-image``: a fresh copy of the
+   ``enclave`` and ``attestation`` packages, which is exactly what the NSM measured
+   (``simulator.measure.build_image_root``); no bytecode, no inherited environment;
 5. ``credentials``— the parent's credential hand-off (``python -m parent credentials``);
 6. ``proxy``      — the parent HTTP proxy (``python -m parent proxy``).
 
@@ -16,6 +18,9 @@ until SIGINT/SIGTERM, then stops the children in reverse order: SIGTERM to each 
 group, a bounded wait, then SIGKILL. A child that dies while starting stops the whole stack with
 its name, exit code and the tail of its log. Each child also gets ``PR_SET_PDEATHSIG`` so it
 dies with the launcher even if the launcher is killed outright. Logs are in ``DIR/logs``.
+
+Files: ``DIR`` and its ``logs``, ``run``, ``vsock`` and ``pki`` directories are mode 0700 and
+``stack.json`` is 0600, whatever the umask; every socket lives inside one of them.
 """
 
 from __future__ import annotations
@@ -34,11 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import attestation as _attestation_pkg
 import enclave as _enclave_pkg
 from simulator.kms.store import atomic_write
+from simulator.measure import build_image_root, enclave_argv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENCLAVE_SOURCE = Path(_enclave_pkg.__file__).resolve().parent
+ATTESTATION_SOURCE = Path(_attestation_pkg.__file__).resolve().parent
+"""The ``attestation`` package the enclave imports: copied and measured with it."""
+ENCLAVE_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+"""The only variables of the launcher's environment the simulated enclave inherits."""
 DEFAULT_ENCLAVE_CID = 16
 ENCLAVE_PORT = 5000
 INGRESS_VSOCK_PORT = 5443  # the enclave's TLS listener with --asgi (enclave.ingress)
@@ -200,6 +211,24 @@ class Stack:
         env.update(extra or {})
         return env
 
+    @staticmethod
+    def _packages(source: Path) -> dict[str, Path]:
+        """Import name -> directory of every toolkit package the simulated enclave runs.
+
+        One place to add more (e.g. an app package): each is copied and measured.
+        """
+        return {"enclave": source, "attestation": ATTESTATION_SOURCE}
+
+    def _enclave_env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        """A clean environment: nothing inherited but ENCLAVE_ENV_KEEP (no PYTHON*, no AWS_*)."""
+        env = {k: os.environ[k] for k in ENCLAVE_ENV_KEEP if k in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(
+            {"NITRO_VSOCK_SIM_DIR": str(self.vsock_dir), "AWS_EC2_METADATA_DISABLED": "true"}
+        )
+        env.update(extra)
+        return env
+
     def _spawn(
         self,
         name: str,
@@ -284,14 +313,14 @@ class Stack:
     # ------------------------------------------------------------ parts
 
     def _prepare(self) -> None:
-        for d in (self.state, self.logs, self.run_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.vsock_dir.mkdir(mode=0o700, exist_ok=True)  # the transport refuses a shared one
-        os.chmod(self.vsock_dir, 0o700)
+        for d in (self.state, self.logs, self.run_dir, self.vsock_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)  # whatever the umask: keys, sockets and logs live below
         if not (self.pki_dir / "root.pem").exists():
             from attestation import TestPKI
 
             TestPKI.generate().save(self.pki_dir)
+        os.chmod(self.pki_dir, 0o700)
 
     def _start_kms(self) -> None:
         port = self.config.kms_port or free_port()
@@ -328,10 +357,10 @@ class Stack:
         self._wait_until(child, self._vsock_listening(3, KMS_RELAY_PORT), "relay socket")
         self._echo(f"kms-relay  vsock(3, {KMS_RELAY_PORT}) -> 127.0.0.1:{port}  (pid {child.pid})")
 
-    def _asgi_copy(self, name: str, source: Path, asgi: str | None) -> list[str]:
-        """Copy the ASGI app's package next to the enclave code; the NSM's measure args."""
+    def _asgi_copy(self, image: Path, source: Path, asgi: str | None) -> None:
+        """Copy the ASGI app's package (or module) into the enclave's measured copy."""
         if not asgi:
-            return []
+            return
         from ._asgi_app import AsgiAppError, copy_app, locate_app
 
         try:
@@ -339,10 +368,8 @@ class Stack:
         except AsgiAppError as exc:
             raise StackError(str(exc)) from None
         if package == source or source in package.parents:
-            return []  # part of the enclave code: measured already
-        shim = self.run_dir / f"{name}-code"
-        shim.mkdir(exist_ok=True)
-        return ["--app-package", str(copy_app(package, shim))]
+            return  # part of the enclave code: copied and measured already
+        copy_app(package, image)
 
     def start_enclave(
         self, name: str, source: Path, cid: int, *, asgi: str | None = None
@@ -358,37 +385,34 @@ class Stack:
                 f"--enclave-source {source} is not the enclave package (no __init__.py)"
             )
         nsm_socket = self.run_dir / f"nsm-{cid}.sock"
-        measure_app = self._asgi_copy(name, source, asgi)
+        # What the enclave runs is a fresh copy of its packages (and its ASGI app, if any);
+        # the NSM measures that copy.
+        image = build_image_root(self.run_dir / f"{name}-image", self._packages(source))
+        self._asgi_copy(image, source, asgi)
         nsm = self._spawn(
             f"{name}-nsm",
             [
                 "-m", "simulator.nsm", "--socket", str(nsm_socket), "--pki", str(self.pki_dir),
-                "--enclave-source", str(source), *measure_app,
+                "--image-root", str(image),
             ],
         )
         info = self._wait_until(nsm, self._ready_line(nsm), "NSM ready line")
-        # the enclave imports *this* code: a path entry whose `enclave` is `source`
-        shim = self.run_dir / f"{name}-code"
-        shim.mkdir(exist_ok=True)
-        link = shim / "enclave"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(source, target_is_directory=True)
-        env = self._env(
+        env = self._enclave_env(
             {
                 "NITRO_NSM_SOCKET": str(nsm_socket),
                 "NITRO_VSOCK_SIM_CID": str(cid),
                 "NITRO_KMS_SCHEME": "http",
                 "AWS_REGION": REGION,
-            },
-            pythonpath=[shim],
+                "HOME": str(image),
+            }
         )
-        app_args = ["-m", "enclave", "--port", str(ENCLAVE_PORT)]
+        app_args = ["--port", str(ENCLAVE_PORT)]
         if self.config.debug_logs:
             app_args.append("--debug")
         if asgi:
             app_args += ["--asgi", asgi, "--ingress-port", str(INGRESS_VSOCK_PORT)]
-        app = self._spawn(name, app_args, env=env, cwd=shim)
+        argv = enclave_argv(self.config.python, image, "enclave", app_args)
+        app = self._spawn(name, argv[1:], env=env, cwd=image)
         self._wait_until(app, self._vsock_listening(cid, ENCLAVE_PORT), "enclave socket")
         if asgi:
             self._wait_until(app, self._vsock_listening(cid, INGRESS_VSOCK_PORT),

@@ -172,6 +172,7 @@ class KmsService:
             "kms:calleraccount": (ctx.caller.account,),
         }
         if encryption_context:
+            _refuse_case_colliding_keys(encryption_context)
             for key, value in encryption_context.items():
                 out[f"kms:encryptioncontext:{key.lower()}"] = (value,)
             out["kms:encryptioncontextkeys"] = tuple(encryption_context)
@@ -771,3 +772,24 @@ class KmsService:
             "KeyUsage": key.key_usage,
             "KeyAgreementAlgorithms": ["ECDH"],
         }
+
+
+def _refuse_case_colliding_keys(encryption_context: Mapping[str, str]) -> None:
+    """Refuse a context whose keys differ only by case (docs/kms.md, "Encryption context").
+
+    Policy condition keys are case-insensitive (``kms:EncryptionContext:tenant`` names
+    ``TENANT`` too) while the context itself is case-sensitive. AWS does not document which
+    value a condition sees when two keys collide, so this KMS refuses such a context rather than
+    let one pair override the other (``{"tenant": "bob", "TENANT": "alice"}`` passing a
+    ``tenant=alice`` condition).
+    """
+    seen: dict[str, str] = {}
+    for key in encryption_context:
+        folded = key.lower()
+        if folded in seen:
+            raise KmsError(
+                "ValidationException",
+                f"EncryptionContext keys {seen[folded]!r} and {key!r} differ only by case; "
+                "policy conditions could not tell them apart",
+            )
+        seen[folded] = key

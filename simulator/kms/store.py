@@ -139,7 +139,9 @@ class KeyStore:
         self._keys_dir = self._root / "keys"
         self._aliases_path = self._root / "aliases.json"
         self._lock = threading.RLock()
-        self._keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for directory in (self._root, self._keys_dir):  # 0700 whatever the umask
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(directory, 0o700)
         self._keys: dict[str, KeyRecord] = {}
         self._aliases: dict[str, Alias] = {}
         self._load()

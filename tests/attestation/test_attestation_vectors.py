@@ -96,7 +96,7 @@ def test_policy_on_real_documents(genuine: list[Vector]) -> None:
     v = next(x for x in genuine if x.name == "nitriding-4.cbor")
     pcrs = {int(k): h for k, h in v.facts["all_pcrs"].items()}
     nonce = bytes.fromhex(v.facts["nonce_hex"])
-    verify(v.data, Policy(pcrs=pcrs, nonce=nonce, max_age=timedelta(minutes=5)), at="document")
+    verify(v.data, Policy(pcrs=pcrs, nonce=nonce, max_age=timedelta(minutes=5)), at=v.when)
     verify(
         v.data, Policy(image_sha384=pcrs[0], any_of=[{1: "00" * 48}, {1: pcrs[1]}]), at="document"
     )

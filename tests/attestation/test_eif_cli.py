@@ -95,11 +95,11 @@ def test_all_together_with_signed_eif(capsys, tmp_path: Path) -> None:
     ]
 
 
-def test_bad_eif_is_exit_1_with_code(capsys, tmp_path: Path) -> None:
+def test_bad_eif_is_exit_2_with_code(capsys, tmp_path: Path) -> None:
     bad = tmp_path / "bad.eif"
     bad.write_bytes(b".eif" + b"\x00" * 600)
     code, out, err = run(capsys, "--eif", str(bad))
-    assert code == 1
+    assert code == 2
     assert out["error"]["code"] == "bad-eif"
     assert "num_sections" in err
 
@@ -109,7 +109,7 @@ def test_crc_mismatch_and_ignore_crc(capsys, eif: Path) -> None:
     data[-1] ^= 0xFF
     eif.write_bytes(bytes(data))
     code, out, _ = run(capsys, "--eif", str(eif))
-    assert code == 1 and "CRC mismatch" in out["error"]["message"]
+    assert code == 2 and "CRC mismatch" in out["error"]["message"]
     code, out, _ = run(capsys, "--eif", str(eif), "--ignore-crc")
     assert code == 0 and out["Measurements"]["PCR2"] != PCR2
 

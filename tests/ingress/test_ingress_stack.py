@@ -76,10 +76,9 @@ def test_stack_json_has_ingress_url_and_app_is_measured(stack):
     assert info["ingress_url"].startswith("https://127.0.0.1:")
     on_disk = json.loads((s.state / "stack.json").read_text())
     assert on_disk["ingress_url"] == info["ingress_url"]
-    from simulator.measure import build_enclave_image, package_files
+    from simulator.measure import measure_image_root
 
-    copy = s.run_dir / "enclave-code" / "ingress_testapp"
-    image = build_enclave_image(s.enclaves["enclave"].source, app_files=package_files(copy))
+    image = measure_image_root(s.run_dir / "enclave-image")
     assert {str(i): v.hex() for i, v in image.pcrs.items()} == {
         k: info["pcrs"][k] for k in ("0", "1", "2")}
     assert "rootfs/app/ingress_testapp/__init__.py" in {e.path for e in image.listing}

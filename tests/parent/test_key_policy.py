@@ -201,3 +201,76 @@ def test_cli_errors_and_lint(tmp_path):
     leaky.write_text(json.dumps({"Statement": [_stmt("kms:*", "arn:aws:iam::1:root")]}))
     done = _cli("--lint", str(leaky))
     assert done.returncode == 1 and "without a kms:RecipientAttestation" in done.stdout
+
+
+# ------------------------------------------------- issue 9 item 7: key-release bypasses
+IMAGE = "kms:RecipientAttestation:ImageSha384"
+PCR4 = "kms:RecipientAttestation:PCR4"
+PCR8 = "kms:RecipientAttestation:PCR8"
+
+
+def test_generator_refuses_the_enclave_role_as_administrator():
+    for admin in (ROLE, [ADMIN, ROLE]):
+        with pytest.raises(KeyPolicyError) as info:
+            key_policy(pcrs={0: P0}, enclave_role=ROLE, admin=admin)
+        assert info.value.code == "admin-is-enclave-role"
+    done = _cli("--pcr-value", f"0={P0}", "--enclave-role", ROLE, "--admin", ROLE)
+    assert done.returncode == 2 and "admin-is-enclave-role" in done.stderr
+
+
+def _attested(condition=None, action="kms:Decrypt") -> dict:
+    return _stmt(action, condition=condition or {"StringEqualsIgnoreCase": {IMAGE: P0}})
+
+
+def test_lint_flags_bypass_grants_to_the_enclave_role():
+    for action in ("kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*", "kms:ReEncryptTo",
+                   "kms:*", "kms:Put*"):  # fmt: skip
+        findings = _lint(_attested(), _stmt(action))
+        assert any("to the enclave role" in f for f in findings), action
+        # named explicitly, without any attested statement to infer it from
+        assert any("enclave role" in f for f in lint_policy(
+            {"Statement": [_stmt(action)]}, enclave_role=ROLE)), action  # fmt: skip
+    # the reported bypass: key_policy(admin=ROLE) before the generator refused it
+    policy = key_policy(pcrs={0: P0}, enclave_role=ROLE, admin=ADMIN)
+    for statement in policy["Statement"]:
+        if statement["Sid"] == "KeyAdministration":
+            statement["Principal"] = {"AWS": ROLE}
+    assert any("kms:PutKeyPolicy" in f for f in lint_policy(policy))
+    # another principal may administer; the enclave role may DescribeKey
+    assert _lint(_attested(), _stmt(["kms:PutKeyPolicy"], principal=ADMIN)) == []
+    assert _lint(_attested(), _stmt("kms:DescribeKey")) == []
+
+
+def test_lint_flags_wildcard_operators_on_attestation_keys():
+    for operator in ("StringLike", "ForAnyValue:StringLike", "StringNotLike"):
+        cond = {"StringEqualsIgnoreCase": {IMAGE: P0}, operator: {PCR8: "d8?" + "d8" * 47}}
+        assert any("wildcards" in f for f in _lint(_attested(cond))), operator
+    # the reported one: StringLike with ? wildcards on ImageSha384 pins nothing
+    findings = _lint(_attested({"StringLike": {IMAGE: "a?" * 48}}))
+    assert any("wildcards" in f for f in findings)
+    assert any("without a kms:RecipientAttestation" in f for f in findings)
+
+
+def test_lint_requires_a_code_pin():
+    (finding,) = _lint(_attested({"StringEqualsIgnoreCase": {PCR4: P0}}))
+    assert "do not pin the enclave's code" in finding
+    pcr12 = {"kms:RecipientAttestation:PCR1": P1, "kms:RecipientAttestation:PCR2": P2}
+    assert _lint(_attested({"StringEqualsIgnoreCase": pcr12}))
+    assert _lint(_attested({"StringEqualsIgnoreCase": {PCR8: P8}})) == []  # signed images
+    assert _lint(_attested({"StringEquals": {"kms:RecipientAttestation:PCR0": P0}})) == []
+    assert _lint(_attested({"StringEqualsIgnoreCase": {IMAGE: P0, PCR4: P1}})) == []
+
+
+def test_deploy_admin_inherits_the_refusal(tmp_path: Path, capsys) -> None:
+    """`deploy --admin <the parent role>` made the enclave role its own key administrator."""
+    from attestation.eif import assemble_eif
+    from parent.deploy import main as deploy_main
+
+    eif = tmp_path / "app.eif"
+    eif.write_bytes(assemble_eif(b"kernel" * 10, b"cmdline", [b"boot", b"app"]))
+    base = ["--region", "us-east-1", "--eif", str(eif), "--dry-run", "--admin"]
+    assert deploy_main([*base, ADMIN]) == 0
+    capsys.readouterr()
+    role = "arn:aws:iam::000000000000:role/nitro-toolkit-parent"  # the dry run's parent role
+    assert deploy_main([*base, role]) != 0
+    assert "both key administrator and enclave role" in capsys.readouterr().err

@@ -66,16 +66,18 @@ DESCRIBE_STDOUT = f"""[
   }}
 ]
 """
-TERMINATE_ALL_STDOUT = """{
-  "EnclaveName": "a",
-  "EnclaveID": "i-05f6ed443aEXAMPLE-enc0000000000000001",
-  "Terminated": true
-}
-{
-  "EnclaveName": "b",
-  "EnclaveID": "i-05f6ed443aEXAMPLE-enc0000000000000002",
-  "Terminated": true
-}
+TERMINATE_ALL_STDOUT = """[
+  {
+    "EnclaveName": "a",
+    "EnclaveID": "i-05f6ed443aEXAMPLE-enc0000000000000001",
+    "Terminated": true
+  },
+  {
+    "EnclaveName": "b",
+    "EnclaveID": "i-05f6ed443aEXAMPLE-enc0000000000000002",
+    "Terminated": true
+  }
+]
 """
 DESCRIBE_EIF_STDOUT = f"""{{
   "EifVersion": 4,
@@ -113,7 +115,8 @@ def test_recorded_run_describe_terminate_describe_eif() -> None:
     (desc,) = [EnclaveDescription.from_json(v) for v in _json_values(DESCRIBE_STDOUT)[0]]
     assert desc.running and desc.debug_mode and desc.state == "RUNNING"
     assert desc.measurements is not None and desc.measurements.pcrs[0] == bytes(48)
-    done = [TerminateResult.from_json(v) for v in _json_values(TERMINATE_ALL_STDOUT)]
+    (array,) = _json_values(TERMINATE_ALL_STDOUT)  # --all prints one array
+    done = [TerminateResult.from_json(v) for v in array]
     assert [(d.enclave_name, d.terminated) for d in done] == [("a", True), ("b", True)]
     eif = EifDescription.from_json(_json_values(DESCRIBE_EIF_STDOUT)[0])
     assert eif.check_crc and not eif.is_signed and eif.version == 4 and eif.image_name == "app"
@@ -462,3 +465,76 @@ def test_hostile_output_is_bounded_and_raises_nothing(hostile: str) -> None:
     start = time.monotonic()
     assert _json_values(hostile) == []
     assert time.monotonic() - start < 2.0
+
+
+# ------------------------------------- issue 9 item 19: upstream json_output.rs shapes
+def _raw(fake: FakeNitro, *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["nitro-cli", *args], env=fake.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_fake_terminate_all_prints_one_array(fake: FakeNitro, built: Path) -> None:
+    import json
+
+    cli = fake.cli()
+    for name in ("one", "two"):
+        cli.run_enclave(eif_path=built, memory_mib=512, cpu_count=1, enclave_name=name)
+    out = json.loads(_raw(fake, "terminate-enclave", "--all"))
+    assert isinstance(out, list) and sorted(e["EnclaveName"] for e in out) == ["one", "two"]
+    assert all(set(e) == {"EnclaveName", "EnclaveID", "Terminated"} for e in out)
+    assert json.loads(_raw(fake, "terminate-enclave", "--all")) == []
+
+
+def test_describe_eif_of_the_fake_and_of_eif_image_agree(fake: FakeNitro, tmp_path: Path) -> None:
+    """Two independent implementations of json_output.rs's EifDescribeInfo give one answer."""
+    import json
+
+    cert, key = _signing_files(tmp_path)
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps({"Team": "payments", "Ticket": 42}))
+    out = tmp_path / "signed.eif"
+    fake.cli().build_enclave(
+        "app:latest", out, signing_certificate=cert, private_key=key, metadata=custom
+    )
+    raw = json.loads(_raw(fake, "describe-eif", "--eif-path", str(out)))
+    assert list(raw) == [
+        "EifVersion", "Measurements", "IsSigned", "SigningCertificate", "CheckCRC",
+        "SignatureCheck", "ImageName", "ImageVersion", "Metadata",
+    ]  # fmt: skip
+    assert set(raw["SigningCertificate"]) == {
+        "IssuerName", "Algorithm", "NotBefore", "NotAfter", "Signature"
+    }  # fmt: skip
+    assert raw["SigningCertificate"]["IssuerName"] == {"commonName": "signer"}
+    assert raw["SigningCertificate"]["Algorithm"] == "ecdsa-with-SHA384"
+    metadata = raw["Metadata"]
+    assert metadata["DockerInfo"]["RepoTags"] == ["app:latest"]
+    assert metadata["Team"] == "payments" and metadata["Ticket"] == 42  # flattened
+    assert "CustomMetadata" not in metadata and "BuildMetadata" not in metadata
+    assert read_eif(out).describe() == raw
+    parsed = fake.cli().describe_eif(out)
+    assert parsed.is_signed and parsed.signature_check is True
+    assert parsed.signing_certificate == raw["SigningCertificate"]
+    assert parsed.metadata is not None and parsed.metadata["Team"] == "payments"
+
+
+def test_describe_enclaves_metadata_has_docker_info_and_custom_fields(
+    fake: FakeNitro, tmp_path: Path
+) -> None:
+    import json
+
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps({"Owner": "ops"}))
+    out = tmp_path / "meta.eif"
+    cli = fake.cli()
+    cli.build_enclave("app:latest", out, metadata=custom, name="app", version="7")
+    cli.run_enclave(eif_path=out, memory_mib=512, cpu_count=1)
+    (desc,) = cli.describe_enclaves(metadata=True)
+    assert desc.image_name == "app" and desc.image_version == "7"
+    assert desc.metadata is not None
+    assert desc.metadata["BuildTool"] == "nitro-cli" and desc.metadata["Owner"] == "ops"
+    assert "DockerInfo" in desc.metadata and "BuildMetadata" not in desc.metadata

@@ -606,3 +606,34 @@ def test_restart_keeps_keys_aliases_and_policies(kms, attested_key, pki, pcrs, e
                         EncryptionContext=CONTEXT)) == "AccessDeniedException"  # fmt: skip
     operator = kms.client(OPERATOR.access_key_id, OPERATOR.secret_access_key)
     assert operator.describe_key(KeyId="alias/enclave")["KeyMetadata"]["KeyId"] == attested_key
+
+
+# ------------------------------------------- issue 9 item 15: case-colliding context keys
+def test_case_colliding_encryption_context_keys_are_refused(operator):
+    key_id = operator.create_key()["KeyMetadata"]["KeyId"]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": OPERATOR.principal},
+             "Action": ["kms:PutKeyPolicy", "kms:GetKeyPolicy", "kms:DescribeKey"],
+             "Resource": "*"},
+            {"Sid": "AliceOnly", "Effect": "Allow", "Principal": {"AWS": OPERATOR.principal},
+             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*",
+             "Condition": {"StringEquals": {"kms:EncryptionContext:tenant": "alice"}}},
+        ],
+    }  # fmt: skip
+    operator.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(policy))
+    for context in ({"tenant": "alice"}, {"TENANT": "alice"}):  # condition keys ignore case
+        blob = operator.encrypt(KeyId=key_id, Plaintext=b"x", EncryptionContext=context)
+        operator.decrypt(CiphertextBlob=blob["CiphertextBlob"], EncryptionContext=context)
+    bob = _error(operator.encrypt, KeyId=key_id, Plaintext=b"x", EncryptionContext={"tenant": "b"})
+    assert _code(bob) == "AccessDeniedException"
+    colliding = [
+        {"tenant": "bob", "TENANT": "alice"},
+        {"TENANT": "alice", "tenant": "bob"},
+        {"Tenant": "alice", "tenant": "alice"},
+    ]
+    for context in colliding:
+        exc = _error(operator.encrypt, KeyId=key_id, Plaintext=b"x", EncryptionContext=context)
+        assert _code(exc) == "ValidationException", context
+        assert "differ only by case" in exc.response["Error"]["Message"]
