@@ -1,0 +1,154 @@
+"""A flattened image filesystem (``docker export`` tar) as sorted, normalized cpio entries.
+
+Names are made relative (``./bin/sh`` and ``/bin/sh`` are ``bin/sh``), ``..`` is refused,
+the last tar member of a name wins (tar semantics), hard links become relative symlinks (as
+linuxkit converts them), mtimes are clamped to SOURCE_DATE_EPOCH and owners kept numeric
+(tar user/group names are dropped). Content is streamed from the tar when written.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._cpio import MAX_FIELD, CpioEntry
+from .errors import EifBuildError
+from .limits import BuildLimits
+
+ROOTFS_PREFIX = "rootfs"
+
+
+@dataclass(frozen=True)
+class RootfsMember:
+    """One normalized member: ``path`` relative to the image root, never empty."""
+
+    path: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int
+    link: str = ""
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    tar_member: tarfile.TarInfo | None = None
+
+
+def normalize(name: str) -> str | None:
+    """The member's path relative to the root; None for the root itself; raises on ``..``."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise EifBuildError("bad-rootfs", f"rootfs member {name!r} climbs out of the root")
+    return "/".join(parts) or None
+
+
+class RootfsTar:
+    """An open rootfs tar; iterate :meth:`entries` while it is open."""
+
+    def __init__(self, path: Path, epoch: int, limits: BuildLimits) -> None:
+        self._limits = limits
+        self._epoch = epoch
+        try:
+            self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
+        except (OSError, tarfile.TarError) as exc:
+            raise EifBuildError("bad-rootfs", f"cannot read rootfs tar {path}: {exc}") from exc
+        try:
+            self.members = self._scan()
+        except BaseException:
+            self._tar.close()
+            raise
+
+    def __enter__(self) -> RootfsTar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def _scan(self) -> dict[str, RootfsMember]:
+        members: dict[str, RootfsMember] = {}
+        total = 0
+        count = 0
+        try:
+            for info in self._tar:
+                count += 1
+                if count > self._limits.max_rootfs_entries:
+                    raise EifBuildError(
+                        "rootfs-too-large",
+                        f"rootfs has more than {self._limits.max_rootfs_entries} members",
+                    )
+                member = self._member(info)
+                if member is None:
+                    continue
+                total += member.size
+                if total > self._limits.max_rootfs_bytes:
+                    raise EifBuildError(
+                        "rootfs-too-large",
+                        f"rootfs content exceeds {self._limits.max_rootfs_bytes} bytes",
+                    )
+                members[member.path] = member
+        except tarfile.TarError as exc:
+            raise EifBuildError("bad-rootfs", f"rootfs tar is corrupt: {exc}") from exc
+        return members
+
+    def _member(self, info: tarfile.TarInfo) -> RootfsMember | None:
+        path = normalize(info.name)
+        if path is None:
+            return None  # the root directory itself: the builder adds rootfs/
+        mtime = max(0, min(int(info.mtime), self._epoch))
+        common = {"mode": info.mode & 0o7777, "uid": info.uid, "gid": info.gid, "mtime": mtime}
+        if info.isreg():
+            if info.size > MAX_FIELD:
+                raise EifBuildError("rootfs-too-large", f"{path}: file larger than 4 GiB")
+            return RootfsMember(path, "file", size=info.size, tar_member=info, **common)
+        if info.isdir():
+            return RootfsMember(path, "dir", size=0, **common)
+        if info.issym():
+            return RootfsMember(path, "symlink", size=0, link=info.linkname, **common)
+        if info.islnk():
+            target = normalize(info.linkname)
+            if target is None:
+                raise EifBuildError("bad-rootfs", f"{path}: hard link to the root")
+            rel = posixpath.relpath(target, posixpath.dirname(path) or ".")
+            return RootfsMember(path, "symlink", size=0, link=rel, **common)
+        kinds = {tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
+        if info.type in kinds:
+            return RootfsMember(
+                path, kinds[info.type], size=0,
+                rdev_major=info.devmajor, rdev_minor=info.devminor, **common,
+            )  # fmt: skip
+        raise EifBuildError("bad-rootfs", f"{path}: unsupported tar member type {info.type!r}")
+
+    def _chunks(self, member: RootfsMember) -> Iterator[bytes]:
+        assert member.tar_member is not None
+        fh = self._tar.extractfile(member.tar_member)
+        if fh is None:
+            raise EifBuildError("bad-rootfs", f"{member.path}: no content in the tar")
+        with fh:
+            left = member.size
+            while left:
+                chunk = fh.read(min(left, self._limits.chunk_size))
+                if not chunk:
+                    raise EifBuildError("bad-rootfs", f"{member.path}: content ends early")
+                left -= len(chunk)
+                yield chunk
+
+    def cpio_entry(self, member: RootfsMember, prefix: str = ROOTFS_PREFIX) -> CpioEntry:
+        """The member as a cpio entry under ``prefix/`` (content streamed on write)."""
+        name = f"{prefix}/{member.path}"
+        if member.kind == "file":
+            return CpioEntry(
+                name, "file", member.mode, self._chunks(member), member.size,
+                member.uid, member.gid, member.mtime,
+            )  # fmt: skip
+        data = member.link.encode("utf-8", "surrogateescape") if member.kind == "symlink" else b""
+        return CpioEntry(
+            name, member.kind, member.mode, data, None, member.uid, member.gid, member.mtime,
+            member.rdev_major, member.rdev_minor,
+        )  # fmt: skip
