@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_pcrs  # here, not at the top: it imports helpers from this module
 
     _cli_pcrs.register(sub)
+    from . import _cli_provenance
+
+    _cli_provenance.register(sub)
     return parser
 
 

@@ -121,9 +121,7 @@ def metadata(inputs: BuildInputs, blobs: Blobs, digests: Mapping[str, str]) -> d
     }
 
 
-def build(
-    inputs: BuildInputs, output: Path, limits: BuildLimits = DEFAULT_LIMITS
-) -> BuildResult:
+def build(inputs: BuildInputs, output: Path, limits: BuildLimits = DEFAULT_LIMITS) -> BuildResult:
     """Write the EIF to ``output``; raises :class:`EifBuildError`."""
     blobs = load_blobs(inputs.blobs_dir, limits)
     if inputs.image_arch and inputs.image_arch != blobs.arch:

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--blobs", type=Path, default=DEFAULT_BLOBS, metavar="DIR",
                    help=f"kernel, cmdline, init, nsm.ko (default {DEFAULT_BLOBS})")  # fmt: skip
     p.add_argument("--output", type=Path, required=True, metavar="EIF")
-    p.add_argument("--cmd", metavar="JSON", help='command as a JSON list, e.g. \'["/app"]\'')
+    p.add_argument("--cmd", metavar="JSON", help="command as a JSON list, e.g. '[\"/app\"]'")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="repeatable")
     p.add_argument("--signing-key", metavar="PEM|KMS-ARN", help="P-384 key file or KMS key ARN")
     p.add_argument("--signing-cert", type=Path, metavar="PEM", help="its certificate")
@@ -156,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m parent eif build --help")
         return EXIT_OK if args_list else EXIT_FAIL
     if args_list[0] != "build":
-        print(f"python -m parent eif: unknown command {args_list[0]!r} (try: build)", file=sys.stderr)
+        print(
+            f"python -m parent eif: unknown command {args_list[0]!r} (try: build)", file=sys.stderr
+        )
         return EXIT_FAIL
     args = _parser().parse_args(args_list[1:])
     try:

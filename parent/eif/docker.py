@@ -35,12 +35,18 @@ class ImageConfig:
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
     try:
         return subprocess.run(
-            [DOCKER, *args], capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            [DOCKER, *args],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError:
         raise EifBuildError("docker", "the docker client is not installed") from None
     except subprocess.TimeoutExpired:
-        raise EifBuildError("docker", f"`docker {args[0]}` took longer than {timeout:.0f} s") from None
+        raise EifBuildError(
+            "docker", f"`docker {args[0]}` took longer than {timeout:.0f} s"
+        ) from None
 
 
 def _check(result: subprocess.CompletedProcess[bytes], what: str) -> bytes:

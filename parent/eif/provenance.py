@@ -75,9 +75,7 @@ def wheel_hashes(path: Path) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def statement(
-    result: BuildResult, inputs: BuildInputs, source: SourceInfo
-) -> dict[str, Any]:
+def statement(result: BuildResult, inputs: BuildInputs, source: SourceInfo) -> dict[str, Any]:
     """The in-toto Statement v1 with a SLSA-provenance-shaped predicate."""
     pcrs = {f"PCR{i}": v.hex() for i, v in sorted(result.pcrs.items())}
     deps: list[dict[str, Any]] = []

@@ -4,9 +4,9 @@ CBOR ``[{"signing_certificate": PEM, "signature": COSE_Sign1}]`` with both value
 arrays of uint8 (serde's ``Vec<u8>``). The COSE_Sign1 is untagged, protected ``{1: -35}``
 (ES384), unprotected ``{}``, over ``{"register_index": 0, "register_value": PCR0}``.
 
-The key is a local P-384 PEM key (RFC 6979 deterministic, so the file is reproducible) or an AWS KMS asymmetric key
-(ECC_NIST_P384, SIGN_VERIFY; ``kms:Sign`` with ECDSA_SHA_384). Either way the message is
-checked with pycose against the certificate before it is written, and PCR8 is
+The key is a local P-384 PEM key (RFC 6979: deterministic, so the file is reproducible) or an
+AWS KMS asymmetric key (ECC_NIST_P384, SIGN_VERIFY; ``kms:Sign`` with ECDSA_SHA_384). Either
+way the message is checked with pycose against the certificate before it is written; PCR8 is
 ``SHA384(0^48 ‖ SHA384(DER(cert)))``.
 """
 
@@ -48,7 +48,9 @@ def _read_small(path: Path, what: str, limits: BuildLimits) -> bytes:
         with path.open("rb") as fh:
             data = fh.read(limits.max_signing_file_bytes + 1)
     except OSError as exc:
-        raise EifBuildError("bad-signing-key", f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise EifBuildError(
+            "bad-signing-key", f"cannot read {what} {path}: {exc.strerror}"
+        ) from exc
     if len(data) > limits.max_signing_file_bytes:
         raise EifBuildError("bad-signing-key", f"{what} {path} is too large")
     return data
@@ -60,7 +62,9 @@ def load_certificate(pem: bytes) -> x509.Certificate:
         cert = x509.load_pem_x509_certificate(pem)
         key = cert.public_key()
     except ValueError as exc:
-        raise EifBuildError("bad-signing-key", f"signing certificate is not PEM X.509: {exc}") from exc
+        raise EifBuildError(
+            "bad-signing-key", f"signing certificate is not PEM X.509: {exc}"
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise EifBuildError("bad-signing-key", "the signing certificate's key must be EC P-384")
     return cert
@@ -157,7 +161,7 @@ class KmsSigner:
 
 
 def pcr0_payload(pcr0: bytes) -> bytes:
-    """The signed payload: ``{"register_index": 0, "register_value": [48 × uint8]}``."""
+    """The signed payload: ``{"register_index": 0, "register_value": [48 x uint8]}``."""
     return cbor2.dumps({"register_index": 0, "register_value": list(pcr0)})
 
 
@@ -170,7 +174,9 @@ def cose_sign1(signer: Signer, payload: bytes) -> bytes:
     protected = cbor2.dumps({1: ES384})
     to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
     r, s = decode_dss_signature(signer.sign_der(to_sign))
-    encoded = cbor2.dumps([protected, {}, payload, r.to_bytes(COORD, "big") + s.to_bytes(COORD, "big")])
+    encoded = cbor2.dumps(
+        [protected, {}, payload, r.to_bytes(COORD, "big") + s.to_bytes(COORD, "big")]
+    )
     if not verify_cose(encoded, signer.certificate_pem):
         raise EifBuildError("bad-signing-key", "the COSE signature does not verify (wrong key?)")
     return encoded
