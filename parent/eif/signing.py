@@ -191,9 +191,12 @@ def verify_cose(encoded: bytes, certificate_pem: bytes) -> bool:
     pem = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    message = Sign1Message.decode(encoded)
-    message.key = EC2Key.from_pem_public_key(pem.decode())
-    return bool(message.verify_signature())
+    try:  # pycose's decode() wants the tag; Nitro's messages are untagged
+        message = Sign1Message.from_cose_obj(list(cbor2.loads(encoded)), True)
+        message.key = EC2Key.from_pem_public_key(pem.decode())
+        return bool(message.verify_signature())
+    except Exception:  # pycose raises assorted types for a malformed message
+        return False
 
 
 def signature_section(signer: Signer, pcr0: bytes) -> bytes:
