@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ class RootfsTar:
                         f"rootfs content exceeds {self._limits.max_rootfs_bytes} bytes",
                     )
                 members[member.path] = member
-        except tarfile.TarError as exc:
+        except (tarfile.TarError, EOFError, ValueError, OSError, zlib.error) as exc:
             raise EifBuildError("bad-rootfs", f"rootfs tar is corrupt: {exc}") from exc
         return members
 
@@ -102,26 +103,26 @@ class RootfsTar:
         if path is None:
             return None  # the root directory itself: the builder adds rootfs/
         mtime = max(0, min(int(info.mtime), self._epoch))
-        common = {"mode": info.mode & 0o7777, "uid": info.uid, "gid": info.gid, "mtime": mtime}
+        mode, uid, gid = info.mode & 0o7777, info.uid, info.gid
         if info.isreg():
             if info.size > MAX_FIELD:
                 raise EifBuildError("rootfs-too-large", f"{path}: file larger than 4 GiB")
-            return RootfsMember(path, "file", size=info.size, tar_member=info, **common)
+            return RootfsMember(path, "file", mode, uid, gid, mtime, info.size, tar_member=info)
         if info.isdir():
-            return RootfsMember(path, "dir", size=0, **common)
+            return RootfsMember(path, "dir", mode, uid, gid, mtime, 0)
         if info.issym():
-            return RootfsMember(path, "symlink", size=0, link=info.linkname, **common)
+            return RootfsMember(path, "symlink", mode, uid, gid, mtime, 0, link=info.linkname)
         if info.islnk():
             target = normalize(info.linkname)
             if target is None:
                 raise EifBuildError("bad-rootfs", f"{path}: hard link to the root")
             rel = posixpath.relpath(target, posixpath.dirname(path) or ".")
-            return RootfsMember(path, "symlink", size=0, link=rel, **common)
+            return RootfsMember(path, "symlink", mode, uid, gid, mtime, 0, link=rel)
         kinds = {tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
         if info.type in kinds:
             return RootfsMember(
-                path, kinds[info.type], size=0,
-                rdev_major=info.devmajor, rdev_minor=info.devminor, **common,
+                path, kinds[info.type], mode, uid, gid, mtime, 0,
+                rdev_major=info.devmajor, rdev_minor=info.devminor,
             )  # fmt: skip
         raise EifBuildError("bad-rootfs", f"{path}: unsupported tar member type {info.type!r}")
 
@@ -133,7 +134,10 @@ class RootfsTar:
         with fh:
             left = member.size
             while left:
-                chunk = fh.read(min(left, self._limits.chunk_size))
+                try:
+                    chunk = fh.read(min(left, self._limits.chunk_size))
+                except (tarfile.TarError, EOFError, ValueError, OSError, zlib.error) as exc:
+                    raise EifBuildError("bad-rootfs", f"{member.path}: {exc}") from exc
                 if not chunk:
                     raise EifBuildError("bad-rootfs", f"{member.path}: content ends early")
                 left -= len(chunk)

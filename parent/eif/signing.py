@@ -124,8 +124,11 @@ class KmsSigner:
         region: str | None = None,
         limits: BuildLimits = DEFAULT_LIMITS,
     ) -> KmsSigner:
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
+        import boto3  # type: ignore[import-untyped]
+        from botocore.exceptions import (  # type: ignore[import-untyped]
+            BotoCoreError,
+            ClientError,
+        )
 
         cert_pem = _read_small(cert_path, "signing certificate", limits)
         cert = load_certificate(cert_pem)
@@ -146,7 +149,10 @@ class KmsSigner:
         return cls(cert_pem, key_id, client)
 
     def sign_der(self, message: bytes) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import (  # type: ignore[import-untyped]
+            BotoCoreError,
+            ClientError,
+        )
 
         try:
             answer = self.client.sign(

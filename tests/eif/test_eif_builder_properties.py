@@ -68,3 +68,29 @@ def test_any_small_tree_builds_and_round_trips(tree: dict[str, Member], cmd: lis
                 assert got.mtime == min(member.mtime, 1_700_000_000)
             elif member.kind == "symlink":
                 assert got.kind == "symlink" and got.data == member.link.encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cut=st.integers(0, 4000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 255)), max_size=6),
+)
+def test_a_damaged_rootfs_tar_is_a_coded_error_or_builds(cut: int, flips: list) -> None:
+    """Truncated or bit-flipped tars: EifBuildError('bad-rootfs', ...) or a valid EIF."""
+    from parent.eif import EifBuildError
+
+    with tempfile.TemporaryDirectory(prefix="eif-prop-") as tmp:
+        work = Path(tmp)
+        good = make_rootfs(work / "good.tar", {"a": Member(data=b"x" * 700), "b": Member("dir")})
+        raw = bytearray(good.read_bytes()[: cut or None])
+        for where, value in flips:
+            if where < len(raw):
+                raw[where] ^= value
+        bad = work / "bad.tar"
+        bad.write_bytes(bytes(raw))
+        try:
+            result = build(BuildInputs(BLOBS, bad, ["/a"]), work / "x.eif")
+        except EifBuildError as exc:
+            assert exc.code in {"bad-rootfs", "rootfs-too-large"}
+        else:
+            assert read_eif(result.path).crc_ok
