@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 BENCHES = ["verify.py", "transport.py", "kms.py", "attested_kms.py", "proxy.py", "image.py"]
+BENCHES.append("eif_build.py")  # EIF build throughput (docs/benchmarks.md)
 TIMEOUT_S = 300
 
 

@@ -79,7 +79,6 @@ class BuildResult:
     pcrs: Mapping[int, bytes]
     metadata: Mapping[str, Any]
     inputs: Mapping[str, str]  # name -> digest ("sha256:…"/"sha384:…")
-    ramdisk_sha384: tuple[str, str]
 
     def measurements(self) -> dict[str, Any]:
         return measurements_json(self.pcrs)
@@ -152,7 +151,7 @@ def build(inputs: BuildInputs, output: Path, limits: BuildLimits = DEFAULT_LIMIT
             )
             pcrs[8] = pcr8(inputs.signer)
         digest = write_eif(output, sections, arch=blobs.arch, limits=limits)
-    return BuildResult(output, digest, pcrs, meta, digests, (boot.sha384, customer.sha384))
+    return BuildResult(output, digest, pcrs, meta, digests)
 
 
 __all__ = [

@@ -12,11 +12,9 @@ from the same start in every build.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from ._cpio import CpioEntry, CpioWriter
 from ._rootfs import ROOTFS_PREFIX, RootfsTar
@@ -28,25 +26,12 @@ ROOTFS_MOUNT_DIRS = ("dev", "proc", "run", "sys", "tmp", "var")
 """Directories init mounts inside the root (nitro-cli's customer ramfs template)."""
 
 
-class _HashingFile:
-    """Write-through wrapper that keeps a SHA-384."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.sha384 = hashlib.sha384()
-
-    def write(self, data: bytes) -> int:
-        self.sha384.update(data)
-        return self._fh.write(data)
-
-
 @dataclass(frozen=True)
 class Ramdisk:
-    """A written ramdisk: its file, size and SHA-384."""
+    """A written ramdisk: its file and size."""
 
     path: Path
     size: int
-    sha384: str
 
 
 def config_lines(values: Sequence[str], what: str) -> bytes:
@@ -66,15 +51,14 @@ def _file_chunks(path: Path, chunk: int) -> Iterator[bytes]:
 def _write(path: Path, entries: list[CpioEntry]) -> Ramdisk:
     entries = sorted(entries, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
     try:
-        with path.open("wb") as raw:
-            out = _HashingFile(raw)
+        with path.open("wb") as out:
             writer = CpioWriter(out)
             for entry in entries:
                 writer.add(entry)
             writer.close()
     except OSError as exc:
         raise EifBuildError("io", f"cannot write ramdisk {path}: {exc.strerror}") from exc
-    return Ramdisk(path, writer.length, out.sha384.hexdigest())
+    return Ramdisk(path, writer.length)
 
 
 def _blob_entry(name: str, path: Path, limits: BuildLimits) -> CpioEntry:
