@@ -1,9 +1,10 @@
 """A flattened image filesystem (``docker export`` tar) as sorted, normalized cpio entries.
 
 Names are made relative (``./bin/sh`` and ``/bin/sh`` are ``bin/sh``), ``..`` is refused,
-the last tar member of a name wins (tar semantics), hard links become relative symlinks (as
-linuxkit converts them), mtimes are clamped to SOURCE_DATE_EPOCH and owners kept numeric
-(tar user/group names are dropped). Content is streamed from the tar when written.
+the last tar member of a name wins (tar semantics), missing parent directories are added,
+hard links become relative symlinks (as linuxkit converts them), mtimes are clamped to
+SOURCE_DATE_EPOCH and owners kept numeric (tar user/group names are dropped). Content is
+streamed from the tar when written.
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def normalize(name: str) -> str | None:
     if any(p == ".." for p in parts):
         raise EifBuildError("bad-rootfs", f"rootfs member {name!r} climbs out of the root")
     return "/".join(parts) or None
+
+
+def _with_parents(members: dict[str, RootfsMember]) -> dict[str, RootfsMember]:
+    """Add the directories a tar implies but does not list (the kernel's initramfs unpacker
+    creates no missing parents): 0755, 0:0, mtime 0. A member under a non-directory is refused."""
+    out = dict(members)
+    for path in members:
+        parent = posixpath.dirname(path)
+        while parent:
+            found = out.get(parent)
+            if found is None:
+                out[parent] = RootfsMember(parent, "dir", 0o755, 0, 0, 0, 0)
+            elif found.kind != "dir":
+                raise EifBuildError(
+                    "bad-rootfs", f"{path} lies under {parent}, which is a {found.kind}"
+                )
+            parent = posixpath.dirname(parent)
+    return out
 
 
 class RootfsTar:
@@ -96,7 +115,7 @@ class RootfsTar:
                 members[member.path] = member
         except (tarfile.TarError, EOFError, ValueError, OSError, zlib.error) as exc:
             raise EifBuildError("bad-rootfs", f"rootfs tar is corrupt: {exc}") from exc
-        return members
+        return _with_parents(members)
 
     def _member(self, info: tarfile.TarInfo) -> RootfsMember | None:
         path = normalize(info.name)

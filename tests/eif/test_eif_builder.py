@@ -258,3 +258,20 @@ def test_rootfs_without_cmd_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EifBuildError) as info:
         _build(tmp_path, cmd=[])
     assert info.value.code == "usage"
+
+
+def test_missing_parent_directories_are_added(tmp_path: Path) -> None:
+    tar = make_rootfs(tmp_path / "sparse.tar", {"opt/app/bin/run": Member(data=b"#!", mode=0o755)})
+    path, _ = _build(tmp_path, rootfs=tar)
+    members = {m.name: m for m in parse_newc(ramdisks(path.read_bytes())[1])}
+    for parent in ("rootfs/opt", "rootfs/opt/app", "rootfs/opt/app/bin"):
+        assert (members[parent].kind, members[parent].perm) == ("dir", 0o755)
+    names = list(members)
+    assert names.index("rootfs/opt/app/bin") < names.index("rootfs/opt/app/bin/run")
+
+
+def test_a_member_under_a_file_is_refused(tmp_path: Path) -> None:
+    tar = make_rootfs(tmp_path / "bad.tar", {"etc": Member(data=b"x"), "etc/conf": Member()})
+    with pytest.raises(EifBuildError) as info:
+        _build(tmp_path, rootfs=tar)
+    assert info.value.code == "bad-rootfs"

@@ -6,12 +6,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from eif_build_helpers import Member, make_blobs, make_rootfs, parse_newc, ramdisks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation.eif import read_eif
-from parent.eif import BuildInputs, build
+from parent.eif import BuildInputs, EifBuildError, build
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BLOBS = make_blobs(Path(tempfile.mkdtemp(prefix="eif-prop-blobs-")))
@@ -32,8 +33,14 @@ members = st.one_of(
 trees = st.dictionaries(paths, members, max_size=12)
 
 
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _expected_names(tree: dict[str, Member]) -> list[str]:
     names = {"cmd", "env", "rootfs"} | {f"rootfs/{p}" for p in tree}
+    names |= {f"rootfs/{a}" for p in tree for a in _ancestors(p)}
     names |= {f"rootfs/{d}" for d in ("dev", "proc", "run", "sys", "tmp", "var")}
     return sorted(names, key=lambda n: n.encode())
 
@@ -45,10 +52,16 @@ def test_any_small_tree_builds_and_round_trips(tree: dict[str, Member], cmd: lis
     # a reserved mount dir given as a non-directory would clash with the builder's own entry
     tree = {p: m for p, m in tree.items() if p not in {"dev", "proc", "run", "sys", "tmp", "var"}
             or m.kind == "dir"}  # fmt: skip
+    under_non_dir = any(a in tree and tree[a].kind != "dir" for p in tree for a in _ancestors(p))
     with tempfile.TemporaryDirectory(prefix="eif-prop-") as tmp:
         work = Path(tmp)
         rootfs = make_rootfs(work / "rootfs.tar", tree)
         inputs = BuildInputs(BLOBS, rootfs, cmd, env=["K=V"], epoch=1_700_000_000)
+        if under_non_dir:  # e.g. "a" a file and "a/b": refused, never a broken ramdisk
+            with pytest.raises(EifBuildError) as info:
+                build(inputs, work / "a.eif")
+            assert info.value.code == "bad-rootfs"
+            return
         first = build(inputs, work / "a.eif")
         second = build(inputs, work / "b.eif")
         raw = first.path.read_bytes()
@@ -77,8 +90,6 @@ def test_any_small_tree_builds_and_round_trips(tree: dict[str, Member], cmd: lis
 )
 def test_a_damaged_rootfs_tar_is_a_coded_error_or_builds(cut: int, flips: list) -> None:
     """Truncated or bit-flipped tars: EifBuildError('bad-rootfs', ...) or a valid EIF."""
-    from parent.eif import EifBuildError
-
     with tempfile.TemporaryDirectory(prefix="eif-prop-") as tmp:
         work = Path(tmp)
         good = make_rootfs(work / "good.tar", {"a": Member(data=b"x" * 700), "b": Member("dir")})

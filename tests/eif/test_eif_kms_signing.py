@@ -147,5 +147,3 @@ def _other_cert(tmp_path: Path) -> tuple[Path, Path]:
     from eif_build_helpers import signing_pair
 
     return signing_pair(tmp_path, "other")
-
-
