@@ -78,7 +78,7 @@ eif-python: $(STAMP)
 ifeq ($(ROOTFS_TAR),)
 	$(need_docker)
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || { echo "make eif: image $(IMAGE) not found: run 'make image' first (or set ROOTFS_TAR=FILE CMD_JSON=...)."; exit 2; }
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PY) -m parent eif build --docker-image $(IMAGE) --blobs $(BLOBS) --output $(EIF) --measurements $(MEASUREMENTS) $(EIF_BUILD_ARGS) >/dev/null
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PY) -m parent eif build --docker-image $(IMAGE) --blobs $(BLOBS) --output $(EIF) --measurements $(MEASUREMENTS) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE),) $(EIF_BUILD_ARGS) >/dev/null
 else
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PY) -m parent eif build --rootfs-tar $(ROOTFS_TAR) --cmd '$(CMD_JSON)' --blobs $(BLOBS) --output $(EIF) --measurements $(MEASUREMENTS) $(EIF_BUILD_ARGS) >/dev/null
 endif

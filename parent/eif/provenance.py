@@ -50,7 +50,17 @@ def git_source(directory: Path = Path(".")) -> tuple[str, str]:
             return ""
         return out.stdout.decode("utf-8", "replace").strip() if out.returncode == 0 else ""
 
-    return git("config", "--get", "remote.origin.url"), git("rev-parse", "HEAD")
+    return public_url(git("config", "--get", "remote.origin.url")), git("rev-parse", "HEAD")
+
+
+def public_url(url: str) -> str:
+    """The URL without credentials (``https://user:token@host/x`` -> ``https://host/x``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return url
 
 
 def wheel_hashes(path: Path) -> dict[str, str]:

@@ -204,3 +204,14 @@ def test_usage_errors_exit_2(built: dict[str, Path], tmp_path: Path) -> None:
     done = run_cli("attestation", "provenance", "verify", str(tmp_path / "missing.json"),
                    "--eif", str(built["eif"]))  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_source_urls_lose_their_credentials() -> None:
+    from parent.eif.provenance import public_url
+
+    assert (
+        public_url("https://bot:ghp_secret@github.example/o/r.git")
+        == "https://github.example/o/r.git"
+    )
+    assert public_url("git@github.example:o/r.git") == "git@github.example:o/r.git"
+    assert public_url("") == ""
