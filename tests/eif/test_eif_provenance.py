@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from eif_build_helpers import SIMPLE_ROOTFS, make_blobs, make_rootfs, run_cli, signing_pair
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attestation.eif import read_eif
 from attestation.provenance import PAYLOAD_TYPE, ProvenanceError, pae, verify_statement
@@ -215,3 +217,45 @@ def test_source_urls_lose_their_credentials() -> None:
     )
     assert public_url("git@github.example:o/r.git") == "git@github.example:o/r.git"
     assert public_url("") == ""
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    envelope=st.one_of(
+        st.binary(max_size=200),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"payloadType": st.just(PAYLOAD_TYPE), "payload": st.text(max_size=40),
+             "signatures": json_values},
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)  # fmt: skip
+def test_arbitrary_envelopes_are_coded_rejections(built: dict[str, Path], envelope: bytes) -> None:
+    from attestation.errors import AttestationError
+
+    with pytest.raises(AttestationError):
+        verify_statement(envelope, eif=built["eif"])
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(statement=json_values)
+def test_arbitrary_signed_statements_are_coded_rejections(
+    built: dict[str, Path], statement
+) -> None:
+    from attestation.errors import AttestationError
+
+    with pytest.raises(AttestationError):
+        verify_statement(_resign(built, statement, built["key"], built["cert"]), eif=built["eif"])
