@@ -2,7 +2,8 @@
 
 Names are made relative (``./bin/sh`` and ``/bin/sh`` are ``bin/sh``), ``..`` is refused,
 the last tar member of a name wins (tar semantics), missing parent directories are added,
-hard links become relative symlinks (as linuxkit converts them), mtimes are clamped to
+hard links become relative symlinks (as linuxkit converts them), Docker's own files are
+dropped or replaced as linuxkit does (``EXCLUDED``, ``REPLACED``), mtimes are clamped to
 SOURCE_DATE_EPOCH and owners kept numeric (tar user/group names are dropped). Content is
 streamed from the tar when written.
 """
@@ -22,6 +23,20 @@ from .limits import BuildLimits
 
 ROOTFS_PREFIX = "rootfs"
 
+# What linuxkit (and so nitro-cli) does to a `docker export`: files Docker always adds to a
+# container are left out, and two are replaced by fixed content (linuxkit moby/image.go).
+EXCLUDED = frozenset(
+    {".dockerenv", "Dockerfile", "dev/console", "dev/pts", "dev/shm", "etc/hostname"}
+)
+REPLACED = {
+    "etc/hosts": (
+        b"127.0.0.1       localhost\n::1     localhost ip6-localhost ip6-loopback\n"
+        b"fe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\n"
+        b"ff02::2 ip6-allrouters\n"
+    ),
+    "etc/resolv.conf": b"\n# no resolv.conf configured\n",
+}
+
 
 @dataclass(frozen=True)
 class RootfsMember:
@@ -38,6 +53,7 @@ class RootfsMember:
     rdev_major: int = 0
     rdev_minor: int = 0
     tar_member: tarfile.TarInfo | None = None
+    content: bytes | None = None  # fixed content instead of the tar's (REPLACED)
 
 
 def normalize(name: str) -> str | None:
@@ -119,10 +135,13 @@ class RootfsTar:
 
     def _member(self, info: tarfile.TarInfo) -> RootfsMember | None:
         path = normalize(info.name)
-        if path is None:
-            return None  # the root directory itself: the builder adds rootfs/
+        if path is None or path in EXCLUDED:
+            return None  # the root itself (the builder adds rootfs/), or what Docker adds
         mtime = max(0, min(int(info.mtime), self._epoch))
         mode, uid, gid = info.mode & 0o7777, info.uid, info.gid
+        if path in REPLACED:
+            data = REPLACED[path]
+            return RootfsMember(path, "file", mode, uid, gid, 0, len(data), content=data)
         if info.isreg():
             if info.size > MAX_FIELD:
                 raise EifBuildError("rootfs-too-large", f"{path}: file larger than 4 GiB")
@@ -165,6 +184,11 @@ class RootfsTar:
     def cpio_entry(self, member: RootfsMember, prefix: str = ROOTFS_PREFIX) -> CpioEntry:
         """The member as a cpio entry under ``prefix/`` (content streamed on write)."""
         name = f"{prefix}/{member.path}"
+        if member.content is not None:
+            return CpioEntry(
+                name, "file", member.mode, member.content, None, member.uid, member.gid,
+                member.mtime,
+            )  # fmt: skip
         if member.kind == "file":
             return CpioEntry(
                 name, "file", member.mode, self._chunks(member), member.size,

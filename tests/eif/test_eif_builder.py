@@ -275,3 +275,19 @@ def test_a_member_under_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EifBuildError) as info:
         _build(tmp_path, rootfs=tar)
     assert info.value.code == "bad-rootfs"
+
+
+def test_dockers_own_files_are_dropped_or_replaced_as_linuxkit_does(tmp_path: Path) -> None:
+    tree = dict(SIMPLE_ROOTFS)
+    tree.update({
+        ".dockerenv": Member(), "etc/hostname": Member(data=b"build-host-42\n"),
+        "etc/hosts": Member(data=b"172.17.0.2 build-host-42\n"), "etc/resolv.conf": Member(),
+        "dev": Member("dir", mode=0o755), "dev/console": Member(),
+    })  # fmt: skip
+    path, _ = _build(tmp_path, rootfs=make_rootfs(tmp_path / "docker.tar", tree))
+    members = {m.name: m for m in parse_newc(ramdisks(path.read_bytes())[1])}
+    for gone in (".dockerenv", "etc/hostname", "dev/console"):
+        assert f"rootfs/{gone}" not in members
+    assert members["rootfs/etc/hosts"].data.startswith(b"127.0.0.1       localhost\n")
+    assert members["rootfs/etc/resolv.conf"].data == b"\n# no resolv.conf configured\n"
+    assert b"build-host-42" not in path.read_bytes()
