@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signing-cert", type=Path, metavar="PEM", help="its certificate")
     p.add_argument("--kms-endpoint", metavar="URL", help="KMS endpoint (e.g. the local KMS)")
     p.add_argument("--measurements", type=Path, metavar="JSON", help="also write them here")
-    p.add_argument("--name", default="app", help="ImageName in the metadata")
+    p.add_argument("--name", help="ImageName in the metadata (default: the image's name, or app)")
     p.add_argument("--version", default=None, help="ImageVersion (default: the image id)")
     prov = p.add_argument_group("provenance (written to EIF.intoto.json when a key is known)")
     prov.add_argument("--provenance", type=Path, metavar="FILE", help="where to write it")
@@ -93,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     epoch = source_date_epoch()
     signer = _signer(args.signing_key, args.signing_cert, args.kms_endpoint)
     cmd = _cmd(args.cmd)
+    prov_signer: Signer | None = signer
+    if args.provenance_key or args.provenance_cert:
+        if not (args.provenance_key and args.provenance_cert):
+            raise EifBuildError("usage", "--provenance-key and --provenance-cert go together")
+        prov_signer = LocalSigner.from_files(args.provenance_key, args.provenance_cert)
     with tempfile.TemporaryDirectory(prefix="eif-rootfs-") as tmp:
         if args.docker_image:
             if not docker.daemon_answers():
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             inputs = BuildInputs(
                 blobs_dir=args.blobs, rootfs_tar=rootfs,
                 cmd=cmd or list(config.cmd), env=_merge_env(config.env, args.env), epoch=epoch,
-                image_name=args.name or args.docker_image,
+                image_name=args.name or args.docker_image.rsplit(":", 1)[0],
                 image_version=args.version or config.image_id.removeprefix("sha256:"),
                 docker_info={"Id": config.image_id, "RepoDigests": list(config.repo_digests)},
                 signer=signer, image_arch=config.arch,
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 raise EifBuildError("usage", "--rootfs-tar needs --cmd (a tar has no image config)")
             inputs = BuildInputs(
                 blobs_dir=args.blobs, rootfs_tar=args.rootfs_tar, cmd=cmd,
-                env=_merge_env([], args.env), epoch=epoch, image_name=args.name,
+                env=_merge_env([], args.env), epoch=epoch, image_name=args.name or "app",
                 image_version=args.version or "unversioned", signer=signer,
             )  # fmt: skip
         result = build(inputs, args.output, DEFAULT_LIMITS)
@@ -126,11 +131,6 @@ def run(args: argparse.Namespace) -> int:
             args.measurements.write_text(text)
         except OSError as exc:
             raise EifBuildError("io", f"cannot write {args.measurements}: {exc.strerror}") from exc
-    prov_signer: Signer | None = signer
-    if args.provenance_key or args.provenance_cert:
-        if not (args.provenance_key and args.provenance_cert):
-            raise EifBuildError("usage", "--provenance-key and --provenance-cert go together")
-        prov_signer = LocalSigner.from_files(args.provenance_key, args.provenance_cert)
     where = args.provenance or args.output.with_name(args.output.name + PROVENANCE_SUFFIX)
     if prov_signer is not None:
         repo, commit = git_source()

@@ -259,3 +259,33 @@ def test_arbitrary_signed_statements_are_coded_rejections(
 
     with pytest.raises(AttestationError):
         verify_statement(_resign(built, statement, built["key"], built["cert"]), eif=built["eif"])
+
+
+def test_a_named_key_signs_the_statement_of_an_unsigned_eif(tmp_path: Path) -> None:
+    blobs = make_blobs(tmp_path / "blobs")
+    rootfs = make_rootfs(tmp_path / "rootfs.tar", SIMPLE_ROOTFS)
+    key, cert = signing_pair(tmp_path, "release")
+    out = tmp_path / "plain.eif"
+    done = run_cli(
+        "parent", "eif", "build", "--rootfs-tar", str(rootfs), "--blobs", str(blobs),
+        "--output", str(out), "--cmd", '["/a"]',
+        "--provenance-key", str(key), "--provenance-cert", str(cert),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    statement = tmp_path / "plain.eif.intoto.json"
+    assert "PCR8" not in _payload(statement)["subject"][0]["annotations"]
+    # the EIF carries no certificate, so only a key the verifier names is trusted
+    refused = run_cli("attestation", "provenance", "verify", str(statement), "--eif", str(out))
+    assert refused.returncode == 1 and "[bad-provenance]" in refused.stdout
+    trusted = run_cli("attestation", "provenance", "verify", str(statement), "--eif", str(out),
+                      "--key", str(cert))  # fmt: skip
+    assert trusted.returncode == 0, trusted.stdout
+    # a bad named key is refused before anything is built
+    (tmp_path / "junk.key").write_text("not a key")
+    done = run_cli(
+        "parent", "eif", "build", "--rootfs-tar", str(rootfs), "--blobs", str(blobs),
+        "--output", str(tmp_path / "never.eif"), "--cmd", '["/a"]',
+        "--provenance-key", str(tmp_path / "junk.key"), "--provenance-cert", str(cert),
+    )  # fmt: skip
+    assert done.returncode == 2 and "error (bad-signing-key)" in done.stderr
+    assert not (tmp_path / "never.eif").exists()
