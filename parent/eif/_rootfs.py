@@ -65,8 +65,9 @@ def normalize(name: str) -> str | None:
 
 
 def _with_parents(members: dict[str, RootfsMember]) -> dict[str, RootfsMember]:
-    """Add the directories a tar implies but does not list (the kernel's initramfs unpacker
-    creates no missing parents): 0755, 0:0, mtime 0. A member under a non-directory is refused."""
+    """Add the directories a tar implies but does not list (0755, 0:0, mtime 0), so no entry
+    relies on the initramfs unpacker creating parents. A member under a non-directory is
+    refused."""
     out = dict(members)
     for path in members:
         parent = posixpath.dirname(path)
