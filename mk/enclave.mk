@@ -25,6 +25,7 @@ CMD_JSON     ?=
 EIF_BUILD_ARGS ?=
 COMMIT       ?=
 SIGNING_CERT ?=
+STATEMENT    ?=
 BASE_IMAGE   ?=
 # the last commit's time: same commit => same file mtimes in the image => same PCR2
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
@@ -93,7 +94,7 @@ measurements: ## print build/measurements.json (PCR0 = KMS ImageSha384); from bu
 reproduce: ## rebuild COMMIT from a fresh clone (pinned BLOBS, ROOTFS_TAR or make image) and compare with MEASUREMENTS; exit 0 = match
 	@test -n "$(COMMIT)" || { echo "make reproduce: set COMMIT=<commit or tag> and MEASUREMENTS=<published measurements.json>."; exit 2; }
 	$(call need_file,$(MEASUREMENTS),eif)
-	$(PY) -m parent.eif.reproduce --commit $(COMMIT) --measurements $(MEASUREMENTS) --blobs $(BLOBS) $(if $(ROOTFS_TAR),--rootfs-tar $(ROOTFS_TAR),) $(if $(CMD_JSON),--cmd '$(CMD_JSON)',) $(if $(SIGNING_CERT),--signing-cert $(SIGNING_CERT),)
+	$(PY) -m parent.eif.reproduce --commit $(COMMIT) --measurements $(MEASUREMENTS) --blobs $(BLOBS) $(if $(ROOTFS_TAR),--rootfs-tar $(ROOTFS_TAR),) $(if $(CMD_JSON),--cmd '$(CMD_JSON)',) $(if $(SIGNING_CERT),--signing-cert $(SIGNING_CERT),) $(if $(STATEMENT),--statement $(STATEMENT),)
 
 run-enclave: $(STAMP) ## run build/app.eif (CPU=2 MEMORY=1024 CID=16 DEBUG=0)
 	$(need_nitro_cli)

@@ -24,6 +24,8 @@ from pathlib import Path
 from attestation.eif import load_measurements
 from attestation.errors import EifError
 
+from .errors import EifBuildError
+
 EXIT_MATCH, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 STEP_TIMEOUT_S = 1800.0
 """Longest single step (clone, image build, EIF build)."""
@@ -58,7 +60,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--signing-cert", type=Path, help="compare PCR8 for this certificate too")
     p.add_argument("--keep", type=Path, help="keep the rebuilt EIF here")
+    p.add_argument(
+        "--statement",
+        type=Path,
+        help="the release's provenance statement: check the blobs against its digests first",
+    )
     return p
+
+
+def check_blobs(statement_path: Path, blobs_dir: Path) -> None:
+    """Refuse blobs whose SHA-384 differs from the statement's (the inputs are pinned there).
+
+    The statement is read, not verified: this only says early which input differs."""
+    import base64
+
+    from .blobs import load_blobs
+
+    try:
+        envelope = json.loads(statement_path.read_bytes()[: 1 << 20])
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        recorded = {d["name"]: d["digest"].get("sha384") for d in deps if "digest" in d}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReproduceError(f"cannot read the statement {statement_path}: {exc}") from None
+    for name, digest in load_blobs(blobs_dir).digests().items():
+        want = recorded.get(f"blobs/{name}")
+        if want is not None and want != digest:
+            raise ReproduceError(
+                f"blob {name} differs from the published build's (sha384 {want[:16]}…, "
+                f"here {digest[:16]}…): use the release's blobs"
+            )
 
 
 def rebuild(args: argparse.Namespace, work: Path) -> dict[int, bytes]:
@@ -104,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         published = load_measurements(args.measurements)
+        if args.statement:
+            check_blobs(args.statement, args.blobs)
         with tempfile.TemporaryDirectory(prefix="eif-reproduce-") as tmp:
             rebuilt = rebuild(args, Path(tmp))
-    except (ReproduceError, EifError, OSError, ValueError) as exc:
+    except (ReproduceError, EifError, EifBuildError, OSError, ValueError) as exc:
         print(f"reproduce: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     compared = [i for i in sorted(published) if i in (0, 1, 2) or (i == 8 and 8 in rebuilt)]

@@ -79,3 +79,30 @@ def test_make_reproduce_says_match_or_not(inputs: list[str], tmp_path: Path) -> 
 def test_make_reproduce_needs_a_commit(inputs: list[str]) -> None:
     done = make("reproduce", *inputs)
     assert done.returncode != 0 and "set COMMIT=" in done.stdout
+
+
+def test_reproduce_refuses_blobs_that_differ_from_the_statement(tmp_path: Path) -> None:
+    import sys
+
+    from eif_build_helpers import run_cli, signing_pair
+
+    blobs = make_blobs(tmp_path / "blobs")
+    rootfs = make_rootfs(tmp_path / "rootfs.tar", SIMPLE_ROOTFS)
+    key, cert = signing_pair(tmp_path)
+    out = tmp_path / "app.eif"
+    done = run_cli(
+        "parent", "eif", "build", "--rootfs-tar", str(rootfs), "--blobs", str(blobs),
+        "--output", str(out), "--cmd", '["/a"]', "--measurements", str(tmp_path / "m.json"),
+        "--provenance-key", str(key), "--provenance-cert", str(cert),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    other = make_blobs(tmp_path / "other-blobs", kernel=b"PATCHED")
+    done = subprocess.run(
+        [sys.executable, "-m", "parent.eif.reproduce", "--commit", "HEAD",
+         "--measurements", str(tmp_path / "m.json"), "--blobs", str(other),
+         "--rootfs-tar", str(rootfs), "--cmd", '["/a"]',
+         "--statement", f"{out}.intoto.json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "blob bzImage differs from the published build's" in done.stderr
