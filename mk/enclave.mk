@@ -31,7 +31,7 @@ BASE_IMAGE   ?=
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DEBUG_FLAG    = $(if $(filter 1 yes true,$(DEBUG)),--debug-mode,)
 
-.PHONY: image eif eif-nitro-cli eif-python reproduce measurements run-enclave console describe terminate policy deploy-dry-run
+.PHONY: image eif measurements run-enclave console describe terminate policy deploy-dry-run
 
 define need_docker
 	@command -v docker >/dev/null 2>&1 || { echo "make $@: the docker client is not installed (see https://docs.docker.com/engine/install/)."; exit 2; }
@@ -67,6 +67,8 @@ eif: $(STAMP) ## build/app.eif + build/measurements.json: nitro-cli if present, 
 	fi
 	$(PY) -m attestation pcrs --eif $(EIF) --check-measurements $(MEASUREMENTS) >/dev/null
 	@echo "$(EIF) measured; our reader agrees with the builder. next: make policy / make run-enclave"
+
+.PHONY: eif-nitro-cli eif-python reproduce
 
 eif-nitro-cli: $(STAMP)
 	$(need_nitro_cli)
