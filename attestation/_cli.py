@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_connect
 
     _cli_connect.register(sub)
+
+    from . import _cli_provenance
+
+    _cli_provenance.register(sub)
     return parser
 
 

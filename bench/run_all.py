@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 BENCHES = ["verify.py", "transport.py", "kms.py", "attested_kms.py", "proxy.py", "image.py",
-           "ingress.py"]
+           "ingress.py", "eif_build.py"]
 TIMEOUT_S = 300
 
 

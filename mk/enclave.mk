@@ -16,6 +16,16 @@ REGION       ?= us-east-1
 ENCLAVE_ROLE ?=
 ADMIN        ?=
 NITRO_CLI    ?= nitro-cli
+# EIF builder (docs/eif-build.md): EIF_BUILDER=auto|python, BLOBS, ROOTFS_TAR + CMD_JSON (no daemon),
+# EIF_BUILD_ARGS (e.g. --signing-key K --signing-cert C), COMMIT/SIGNING_CERT for `make reproduce`
+EIF_BUILDER  ?= auto
+BLOBS        ?= /usr/share/nitro_enclaves/blobs
+ROOTFS_TAR   ?=
+CMD_JSON     ?=
+EIF_BUILD_ARGS ?=
+COMMIT       ?=
+SIGNING_CERT ?=
+STATEMENT    ?=
 BASE_IMAGE   ?=
 # the last commit's time: same commit => same file mtimes in the image => same PCR2
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
@@ -46,18 +56,47 @@ image: ## docker build the enclave image (Dockerfile.enclave, SOURCE_DATE_EPOCH 
 	  | docker build -f Dockerfile.enclave --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(if $(BASE_IMAGE),--build-arg BASE=$(BASE_IMAGE),) -t $(IMAGE) -
 	@echo "built $(IMAGE) (SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)); next: make eif"
 
-eif: $(STAMP) ## nitro-cli build-enclave -> build/app.eif and build/measurements.json
+eif: $(STAMP) ## build/app.eif + build/measurements.json: nitro-cli if present, else the Python builder (says which)
+	@mkdir -p $(dir $(EIF)) $(dir $(MEASUREMENTS))
+	@if [ "$(EIF_BUILDER)" != python ] && command -v $(NITRO_CLI) >/dev/null 2>&1; then \
+	  echo "make eif: building with nitro-cli ($$(command -v $(NITRO_CLI)))"; \
+	  $(MAKE) --no-print-directory eif-nitro-cli; \
+	else \
+	  echo "make eif: building with the Python builder (python -m parent eif build; blobs $(BLOBS))$(if $(filter python,$(EIF_BUILDER)),, because nitro-cli is not installed)"; \
+	  $(MAKE) --no-print-directory eif-python; \
+	fi
+	$(PY) -m attestation pcrs --eif $(EIF) --check-measurements $(MEASUREMENTS) >/dev/null
+	@echo "$(EIF) measured; our reader agrees with the builder. next: make policy / make run-enclave"
+
+.PHONY: eif-nitro-cli eif-python reproduce
+
+eif-nitro-cli: $(STAMP)
 	$(need_nitro_cli)
 	$(need_docker)
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || { echo "make eif: image $(IMAGE) not found: run 'make image' first."; exit 2; }
-	@mkdir -p $(dir $(EIF)) $(dir $(MEASUREMENTS))
 	$(PY) -m parent.nitro_cli --nitro-cli $(NITRO_CLI) build --docker-uri $(IMAGE) --output-file $(EIF) --measurements $(MEASUREMENTS)
-	$(PY) -m attestation pcrs --eif $(EIF) --check-measurements $(MEASUREMENTS) >/dev/null
-	@echo "$(EIF) measured; our reader agrees with nitro-cli. next: make policy / make run-enclave"
 
-measurements: ## print build/measurements.json (PCR0 = KMS ImageSha384)
+eif-python: $(STAMP)
+	@test -d $(BLOBS) || { echo "make eif: blobs directory $(BLOBS) is missing: set BLOBS=DIR (bzImage|Image, cmdline, init, nsm.ko; see docs/eif-build.md)."; exit 2; }
+ifeq ($(ROOTFS_TAR),)
+	$(need_docker)
+	@docker image inspect $(IMAGE) >/dev/null 2>&1 || { echo "make eif: image $(IMAGE) not found: run 'make image' first (or set ROOTFS_TAR=FILE CMD_JSON=...)."; exit 2; }
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PY) -m parent eif build --docker-image $(IMAGE) --blobs $(BLOBS) --output $(EIF) --measurements $(MEASUREMENTS) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE),) $(EIF_BUILD_ARGS) >/dev/null
+else
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PY) -m parent eif build --rootfs-tar $(ROOTFS_TAR) --cmd '$(CMD_JSON)' --blobs $(BLOBS) --output $(EIF) --measurements $(MEASUREMENTS) $(EIF_BUILD_ARGS) >/dev/null
+endif
+
+measurements: ## print build/measurements.json (PCR0 = KMS ImageSha384); from build/app.eif when it exists, no nitro-cli needed
+	@if [ -f $(EIF) ]; then \
+	  mkdir -p $(dir $(MEASUREMENTS)) && $(PY) -m attestation pcrs --eif $(EIF) > $(MEASUREMENTS).tmp && mv $(MEASUREMENTS).tmp $(MEASUREMENTS); \
+	fi
 	$(call need_file,$(MEASUREMENTS),eif)
 	@cat $(MEASUREMENTS)
+
+reproduce: ## rebuild COMMIT from a fresh clone (pinned BLOBS, ROOTFS_TAR or make image) and compare with MEASUREMENTS; exit 0 = match
+	@test -n "$(COMMIT)" || { echo "make reproduce: set COMMIT=<commit or tag> and MEASUREMENTS=<published measurements.json>."; exit 2; }
+	$(call need_file,$(MEASUREMENTS),eif)
+	$(PY) -m parent.eif.reproduce --commit $(COMMIT) --measurements $(MEASUREMENTS) --blobs $(BLOBS) $(if $(ROOTFS_TAR),--rootfs-tar $(ROOTFS_TAR),) $(if $(CMD_JSON),--cmd '$(CMD_JSON)',) $(if $(SIGNING_CERT),--signing-cert $(SIGNING_CERT),) $(if $(STATEMENT),--statement $(STATEMENT),)
 
 run-enclave: $(STAMP) ## run build/app.eif (CPU=2 MEMORY=1024 CID=16 DEBUG=0)
 	$(need_nitro_cli)

@@ -20,6 +20,7 @@ COMMANDS = {
     "credentials": ("parent.credentials", "push instance-role credentials to the enclave"),
     "deploy": ("parent.deploy", "deploy to EC2 (build, run, describe, terminate)"),
     "key-policy": ("parent.key_policy", "KMS key policy from enclave measurements"),
+    "eif": ("parent.eif.cli", "build a reproducible (signed) EIF without nitro-cli"),
 }
 
 

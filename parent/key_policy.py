@@ -16,7 +16,8 @@ principal with ``kms:Decrypt`` in its IAM policy decrypt without attestation
 (aws-nitro-enclaves-sdk-c #100). :func:`lint_policy` flags such statements.
 
 CLI: ``python -m parent.key_policy --measurements FILE --enclave-role ARN --admin ARN
-[--operator ARN] [--pcr N]... [--pcr-value N=HEX]...`` prints the policy JSON;
+[--operator ARN] [--pcr N]... [--pcr-value N=HEX]... [--pin-signer]`` prints the policy JSON
+(``--pin-signer``: PCR8 mode, the signing certificate instead of PCR0);
 ``python -m parent.key_policy --lint POLICY.json [--enclave-role ARN]...`` prints findings
 (exit 1 if any). The generator refuses a principal that is both administrator and enclave role.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "load_measurements",
     "main",
     "select_pcrs",
+    "select_signer_pcrs",
 ]
 
 ATTESTED_ACTIONS = (
@@ -91,6 +93,9 @@ PCR_KEY = "kms:RecipientAttestation:PCR{}"
 PCR_HEX_LEN = 96
 DEFAULT_OPTIONAL_PCRS = (3, 4, 8)
 """Included by default when the measurements carry them (PCR0 always is)."""
+SIGNER_PCR = 8
+"""PCR8 (the EIF signing certificate): what PCR8 mode pins instead of PCR0."""
+IMAGE_PCRS = (0, 1, 2)
 
 MAX_MEASUREMENTS_BYTES = 1 << 20
 """Largest measurements file read."""
@@ -227,6 +232,24 @@ def select_pcrs(pcrs: Mapping[int, str], wanted: Sequence[int] | None = None) ->
     return {i: pcrs[i] for i in indices}
 
 
+def select_signer_pcrs(
+    pcrs: Mapping[int, str], wanted: Sequence[int] | None = None
+) -> dict[int, str]:
+    """PCR8 mode: PCR8 (the EIF signing certificate) plus ``wanted`` (default: PCR3/PCR4 when
+    present), never PCR0/1/2, so a new release signed with the same certificate needs no
+    policy change. docs/eif-build.md "Pinning PCR8" says when to choose it."""
+    chosen = set(wanted) if wanted else {i for i in (3, 4) if i in pcrs}
+    if chosen & set(IMAGE_PCRS):
+        raise KeyPolicyError("usage", "PCR8 mode pins the signer, not the image: omit PCR0/1/2")
+    missing = sorted(i for i in chosen | {SIGNER_PCR} if i not in pcrs)
+    if missing:
+        raise KeyPolicyError(
+            "missing-pcr",
+            f"PCR(s) {missing} not in the measurements (PCR8 needs a signed EIF)",
+        )
+    return {i: pcrs[i] for i in sorted(chosen | {SIGNER_PCR})}
+
+
 # ---------------------------------------------------------------------------------- policy
 def _principals(value: str | Sequence[str], what: str) -> list[str]:
     names = [value] if isinstance(value, str) else list(value)
@@ -252,6 +275,7 @@ def key_policy(
     admin: str | Sequence[str],
     operator: str | Sequence[str] | None = None,
     allow_policy_updates: bool = True,
+    pin_signer: bool = False,
 ) -> dict[str, Any]:
     """The key policy (a dict, ready for ``json.dumps``) for the given PCRs and principals.
 
@@ -260,12 +284,18 @@ def key_policy(
     ``allow_policy_updates=False`` nobody may change the policy later (PutKeyPolicy then needs
     BypassPolicyLockoutSafetyCheck).
     """
-    if 0 not in pcrs:
-        raise KeyPolicyError("missing-pcr", "PCR0 (ImageSha384) is required")
+    required = SIGNER_PCR if pin_signer else 0
+    if required not in pcrs or (pin_signer and any(i in pcrs for i in IMAGE_PCRS)):
+        raise KeyPolicyError(
+            "missing-pcr",
+            "PCR8 mode needs PCR8 and no PCR0/1/2"
+            if pin_signer
+            else "PCR0 (ImageSha384) is required",
+        )
     normalized = {int(i): _normalize_pcr(int(i), v) for i, v in pcrs.items()}
-    if set(normalized[0]) == {"0"}:
-        raise KeyPolicyError("debug-measurements", "PCR0 is all zero (debug mode)")
-    conditions = {IMAGE_SHA384_KEY: normalized[0]}
+    if set(normalized[required]) == {"0"}:
+        raise KeyPolicyError("debug-measurements", f"PCR{required} is all zero (debug mode)")
+    conditions = {IMAGE_SHA384_KEY: normalized[0]} if 0 in normalized else {}
     for index in sorted(normalized):
         if index != 0:
             conditions[PCR_KEY.format(index)] = normalized[index]
@@ -520,6 +550,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave kms:PutKeyPolicy out (the policy becomes immutable)",
     )
+    p.add_argument(
+        "--pin-signer",
+        action="store_true",
+        help="PCR8 mode: require the EIF signing certificate (PCR8) instead of PCR0, so "
+        "releases signed with it roll out with no policy change (docs/eif-build.md)",
+    )
     p.add_argument("--lint", metavar="POLICY", help="lint a policy JSON file instead")
     return p
 
@@ -553,11 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not pcrs:
             raise KeyPolicyError("usage", "give --measurements FILE or --pcr-value 0=HEX")
         policy = key_policy(
-            pcrs=select_pcrs(pcrs, args.pcr),
+            pcrs=(select_signer_pcrs if args.pin_signer else select_pcrs)(pcrs, args.pcr),
             enclave_role=args.enclave_role,
             admin=args.admin,
             operator=args.operator or None,
             allow_policy_updates=not args.no_policy_updates,
+            pin_signer=args.pin_signer,
         )
     except KeyPolicyError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)

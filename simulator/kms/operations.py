@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from attestation import Verifier
 from simulator.kms import _ciphertext
@@ -42,6 +43,9 @@ __all__ = ["CallContext", "KmsService", "ServiceConfig"]
 SYMMETRIC = "SYMMETRIC_DEFAULT"
 ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
 KEY_AGREEMENT = "KEY_AGREEMENT"
+SIGN_VERIFY = "SIGN_VERIFY"
+MAX_SIGN_MESSAGE_BYTES = 4096
+"""Largest RAW message kms:Sign takes (KMS API reference)."""
 MAX_PLAINTEXT_BYTES = 4096
 MIN_PENDING_WINDOW_DAYS = 7
 MAX_PENDING_WINDOW_DAYS = 30
@@ -52,6 +56,11 @@ _ECC_CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {
     "ECC_NIST_P256": ec.SECP256R1,
     "ECC_NIST_P384": ec.SECP384R1,
     "ECC_NIST_P521": ec.SECP521R1,
+}
+_ECDSA: dict[str, tuple[str, hashes.HashAlgorithm]] = {
+    "ECC_NIST_P256": ("ECDSA_SHA_256", hashes.SHA256()),
+    "ECC_NIST_P384": ("ECDSA_SHA_384", hashes.SHA384()),
+    "ECC_NIST_P521": ("ECDSA_SHA_512", hashes.SHA512()),
 }
 _RSA_PAIR_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
@@ -115,6 +124,7 @@ class KmsService:
             "GenerateRandom": self.generate_random,
             "DeriveSharedSecret": self.derive_shared_secret,
             "GetPublicKey": self.get_public_key,
+            "Sign": self.sign,
         }
 
     @property
@@ -288,6 +298,8 @@ class KmsService:
         }
         if key.key_usage == ENCRYPT_DECRYPT:
             meta["EncryptionAlgorithms"] = [SYMMETRIC]
+        elif key.key_usage == SIGN_VERIFY:
+            meta["SigningAlgorithms"] = [_ECDSA[key.key_spec][0]]
         else:
             meta["KeyAgreementAlgorithms"] = ["ECDH"]
         if key.deletion_date is not None:
@@ -326,7 +338,7 @@ class KmsService:
             if usage != ENCRYPT_DECRYPT:
                 raise KmsError("ValidationException", f"KeyUsage {usage} is not valid for {spec}")
             material = _random_bytes(32)
-        elif spec in _ECC_CURVES and usage == KEY_AGREEMENT:
+        elif spec in _ECC_CURVES and usage in (KEY_AGREEMENT, SIGN_VERIFY):
             private = ec.generate_private_key(_ECC_CURVES[spec]())
             material = private.private_bytes(
                 serialization.Encoding.DER,
@@ -336,7 +348,8 @@ class KmsService:
         else:
             raise KmsError(
                 "UnsupportedOperationException",
-                f"The local KMS supports SYMMETRIC_DEFAULT keys and ECC_NIST_* KEY_AGREEMENT keys, "
+                "The local KMS supports SYMMETRIC_DEFAULT keys and ECC_NIST_* KEY_AGREEMENT or "
+                f"SIGN_VERIFY keys, "
                 f"not {spec}/{usage}",
             )
         key_id = new_key_id()
@@ -770,7 +783,46 @@ class KmsService:
             "CustomerMasterKeySpec": key.key_spec,
             "KeySpec": key.key_spec,
             "KeyUsage": key.key_usage,
-            "KeyAgreementAlgorithms": ["ECDH"],
+            **(
+                {"SigningAlgorithms": [_ECDSA[key.key_spec][0]]}
+                if key.key_usage == SIGN_VERIFY
+                else {"KeyAgreementAlgorithms": ["ECDH"]}
+            ),
+        }
+
+    def sign(self, p: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """ECDSA with an ECC_NIST_* SIGN_VERIFY key; DER signature, as KMS returns it."""
+        key, private = self._ecc_key(p)
+        self._authorize(ctx, "kms:Sign", key)
+        self._require_usable(key)
+        self._require_usage(key, SIGN_VERIFY)
+        self._dry_run(p)
+        assert private is not None  # SIGN_VERIFY keys here are always ECC
+        algorithm, hash_type = _ECDSA[key.key_spec]
+        if p.get("SigningAlgorithm") != algorithm:
+            raise KmsError(
+                "InvalidKeyUsageException",
+                f"{key.arn} ({key.key_spec}) signs with {algorithm} only",
+            )
+        message = p["Message"]
+        if p.get("MessageType", "RAW") == "DIGEST":
+            if len(message) != hash_type.digest_size:
+                raise KmsError(
+                    "ValidationException",
+                    f"a {algorithm} DIGEST message is {hash_type.digest_size} bytes",
+                )
+            scheme = ec.ECDSA(Prehashed(hash_type))
+        elif len(message) > MAX_SIGN_MESSAGE_BYTES:
+            raise KmsError(
+                "ValidationException",
+                f"RAW messages are at most {MAX_SIGN_MESSAGE_BYTES} bytes; use MessageType DIGEST",
+            )
+        else:
+            scheme = ec.ECDSA(hash_type)
+        return {
+            "KeyId": key.arn,
+            "Signature": private.sign(message, scheme),
+            "SigningAlgorithm": algorithm,
         }
 
 

@@ -81,7 +81,7 @@ class KeyRecord:
     creation_date: float
     description: str
     key_spec: str  # SYMMETRIC_DEFAULT or ECC_NIST_P256/P384/P521 (KEY_AGREEMENT)
-    key_usage: str  # ENCRYPT_DECRYPT or KEY_AGREEMENT
+    key_usage: str  # ENCRYPT_DECRYPT, KEY_AGREEMENT or SIGN_VERIFY
     key_state: str  # Enabled | Disabled | PendingDeletion
     policy: str
     material: bytes  # AES-256 key, or PKCS#8 DER of the private key
