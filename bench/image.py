@@ -48,9 +48,16 @@ def _size(image: str) -> int:
     return int(_out(["docker", "image", "inspect", "--format", "{{.Size}}", image]))
 
 
+FILE_BYTES = (
+    "import os, sys; print(sum(os.lstat(os.path.join(d, f)).st_size"
+    " for d, _, fs in os.walk(sys.argv[1]) for f in fs))"
+)
+
+
 def _du(image: str, path: str) -> int:
-    out = _out(["docker", "run", "--rm", "--network", "none", image, "du", "-sb", path])
-    return int(out.split()[0])
+    """Bytes of the files under ``path`` in ``image`` (as layer sizes count them)."""
+    return int(_out(["docker", "run", "--rm", "--network", "none", image, "python3", "-c",
+                     FILE_BYTES, path]))
 
 
 def main(argv: list[str] | None = None) -> int:
