@@ -11,7 +11,7 @@
 #   WHEELS_DIR         wheels fetched by `make wheels` (default build/wheels)
 #   DOCKER             docker client (default docker); DOCKER_BUILDKIT=1 selects BuildKit
 #   DOCKER_BUILD_FLAGS extra flags for docker build (e.g. --no-cache)
-# The context is a tar of Dockerfile.enclave, attestation/, enclave/ and the wheels, without
+# The build runs with --network none. The context is a tar of Dockerfile.enclave, attestation/, enclave/ and the wheels, without
 # byte code or other build leftovers of the host.
 set -eu
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ tar --sort=name --owner=0 --group=0 --numeric-owner \
     --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude='.fetched-*' \
     --transform="s|^${WHEELS_DIR%/}|build/wheels|" \
     -cf - Dockerfile.enclave attestation enclave "$WHEELS_DIR" \
-    | "$DOCKER" build -f Dockerfile.enclave ${DOCKER_BUILD_FLAGS:-} \
+    | "$DOCKER" build --network none -f Dockerfile.enclave ${DOCKER_BUILD_FLAGS:-} \
         --build-arg "BASE=$base" --build-arg "SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH" \
         --label "org.opencontainers.image.base.name=$base" -t "$IMAGE" -
 echo "built $IMAGE$note (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)" >&2

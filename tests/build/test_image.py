@@ -183,7 +183,7 @@ def test_two_no_cache_builds_give_the_same_layers(built: Built) -> None:
     )
 
 
-def test_buildkit_gives_the_same_filesystem(built: Built, tmp_path: Path) -> None:
+def test_buildkit_gives_the_same_filesystem_and_layers(built: Built, tmp_path: Path) -> None:
     client = _buildkit_client()
     if client is None:
         reason = "no docker client here builds with BuildKit (no buildx, no client < 23)"
@@ -198,6 +198,7 @@ def test_buildkit_gives_the_same_filesystem(built: Built, tmp_path: Path) -> Non
     assert digest(files) == digest(legacy), "BuildKit and the legacy builder differ:\n" + "\n".join(
         _differences(legacy, files)
     )
+    assert _layers(tag) == _layers(built.tags[0]), "same files, but BuildKit's layers differ"
 
 
 def _source_files(package: str) -> set[str]:
