@@ -38,9 +38,20 @@ def _base() -> str:
 
 def _build(tag: str, base: str, trim: bool) -> None:
     subprocess.run(
-        ["make", "--no-print-directory", "-o", ".venv/.installed", "image", f"IMAGE={tag}",
-         f"BASE_IMAGE={base}", f"DOCKER_BUILD_FLAGS=--build-arg TRIM_AWS_MODELS={int(trim)}"],
-        check=True, timeout=BUILD_TIMEOUT_S, cwd=ROOT, capture_output=True,
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            ".venv/.installed",
+            "image",
+            f"IMAGE={tag}",
+            f"BASE_IMAGE={base}",
+            f"DOCKER_BUILD_FLAGS=--build-arg TRIM_AWS_MODELS={int(trim)}",
+        ],
+        check=True,
+        timeout=BUILD_TIMEOUT_S,
+        cwd=ROOT,
+        capture_output=True,
     )
 
 
@@ -56,8 +67,11 @@ FILE_BYTES = (
 
 def _du(image: str, path: str) -> int:
     """Bytes of the files under ``path`` in ``image`` (as layer sizes count them)."""
-    return int(_out(["docker", "run", "--rm", "--network", "none", image, "python3", "-c",
-                     FILE_BYTES, path]))
+    return int(
+        _out(
+            ["docker", "run", "--rm", "--network", "none", image, "python3", "-c", FILE_BYTES, path]
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +90,17 @@ def main(argv: list[str] | None = None) -> int:
             ("image", full_size, trimmed_size),
             ("added above the base (one layer)", full_size - base_size, trimmed_size - base_size),
             (f"  of which `{site}`", _du(full, site), _du(trimmed, site)),
-            (f"  of which `{site}/botocore/data`", _du(full, f"{site}/botocore/data"),
-             _du(trimmed, f"{site}/botocore/data")),
+            (
+                f"  of which `{site}/botocore/data`",
+                _du(full, f"{site}/botocore/data"),
+                _du(trimmed, f"{site}/botocore/data"),
+            ),
             ("  of which `/app` (the code)", _du(full, "/app"), _du(trimmed, "/app")),
         ]
     finally:
-        subprocess.run(["docker", "image", "rm", "--force", trimmed, full],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["docker", "image", "rm", "--force", trimmed, full], capture_output=True, timeout=120
+        )
     print("| part | without trim (MiB) | with trim, as shipped (MiB) | trimmed / untrimmed |")
     print("|---|---:|---:|---:|")
     for name, before, after in rows:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 SAVE_TIMEOUT_S = 300
+CHUNK = 1 << 20
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
@@ -56,7 +57,10 @@ def _entry(layer: tarfile.TarFile, member: tarfile.TarInfo) -> Entry:
     if member.isreg():
         fileobj = layer.extractfile(member)
         assert fileobj is not None
-        data = hashlib.file_digest(fileobj, "sha256").hexdigest()
+        h = hashlib.sha256()
+        while chunk := fileobj.read(CHUNK):
+            h.update(chunk)
+        data = h.hexdigest()
     elif member.issym() or member.islnk():
         data = _path(member.linkname) if member.islnk() else member.linkname
     elif member.ischr() or member.isblk():

@@ -5,7 +5,7 @@ reason, except under ``CI=true``, where that is a failure. The base is the pinne
 python:3.11-slim-bookworm when the daemon has it, else the Debian stand-in of `make
 base-image` (or ``NITRO_IMAGE_BASE``). Two ``--no-cache`` builds of this checkout must give the
 same flattened filesystem (tests/build/image_fs.py: every path, type, mode, owner, mtime and
-content) and the same layers; a BuildKit build must give the same filesystem too.
+content) and the same layers; a BuildKit build must give the same filesystem and layers too.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RUN_TIMEOUT_S = 120
 NO_NSM_EXIT_S = 30
 """Bound on "exits at once" when neither vsock nor /dev/nsm is there (container start included)."""
 APP_UID = 10001
-TAG = "nitro-toolkit-image-test"
+TAG = f"nitro-toolkit-image-test-{os.getpid()}"  # parallel runs never share tags
 ADDED_TREES = ("/app/attestation", "/app/enclave", "/opt/enclave/site-packages")
 ADDED_FILES = {"/etc/passwd", "/etc/group"}
 ADDED_DIRS = {"/", "/app", "/etc", "/opt", "/opt/enclave"}
