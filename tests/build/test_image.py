@@ -5,7 +5,8 @@ reason, except under ``CI=true``, where that is a failure. The base is the pinne
 python:3.11-slim-bookworm when the daemon has it, else the Debian stand-in of `make
 base-image` (or ``NITRO_IMAGE_BASE``). Two ``--no-cache`` builds of this checkout must give the
 same flattened filesystem (tests/build/image_fs.py: every path, type, mode, owner, mtime and
-content) and the same layers; a BuildKit build must give the same filesystem and layers too.
+content) and the same layers; a BuildKit build (cache allowed: a cached build must not keep
+files of an older commit) must give the same filesystem and layers too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ NO_NSM_EXIT_S = 30
 APP_UID = 10001
 TAG = f"nitro-toolkit-image-test-{os.getpid()}"  # parallel runs never share tags
 ADDED_TREES = ("/app/attestation", "/app/enclave", "/opt/enclave/site-packages")
-ADDED_FILES = {"/etc/passwd", "/etc/group"}
+ADDED_FILES = {"/etc/passwd", "/etc/group", "/opt/enclave/source-date-epoch"}
 ADDED_DIRS = {"/", "/app", "/etc", "/opt", "/opt/enclave"}
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(4 * BUILD_TIMEOUT_S)]
