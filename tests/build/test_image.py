@@ -152,6 +152,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     finally:
         for tag in [*result.tags, f"{TAG}:buildkit"]:
             _run(["docker", "image", "rm", "--force", tag])
+        # the legacy builder keeps each build stage as an untagged image (~190 MB)
+        _run(["docker", "image", "prune", "--force", "--filter", "label=nitro-toolkit.stage=build"])
 
 
 def _differences(a: dict[str, Entry], b: dict[str, Entry], limit: int = 15) -> list[str]:
