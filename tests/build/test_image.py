@@ -310,6 +310,26 @@ def test_started_as_root_it_drops_to_the_app_user(built: Built, tmp_path: Path) 
     assert f"probe {APP_UID} {APP_UID} {APP_UID} [{APP_UID}]" in proc.stdout, proc.stdout
 
 
+IMPORT_ALL = """
+import importlib, pkgutil, sys
+count = 0
+for package in ("attestation", "enclave"):
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+            count += 1
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("parent", "simulator"))
+assert not leaked, leaked
+print(count)
+"""
+
+
+def test_every_module_of_the_app_imports_in_the_image(built: Built) -> None:
+    proc = _docker_run(built.tags[0], "python3", "-c", IMPORT_ALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip()) > 20
+
+
 KMS_ONLY = """
 import boto3, botocore.exceptions
 kw = dict(region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
