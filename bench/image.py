@@ -1,93 +1,110 @@
-"""Size of what Dockerfile.enclave adds on top of its base image, measured without Docker.
+"""Size of the enclave image, built for real, with and without the trim of AWS service models.
 
-Installs ``enclave/requirements.txt`` exactly as the Dockerfile does (wheels only, hashes
-required, no cache, no byte code) into a fresh virtual environment, copies ``attestation/``
-and ``enclave/`` like its COPY lines, and reports the bytes of each part next to the whole
-installed toolkit (``pip install .`` with every dependency: what a non-minimal image would
-carry), before and after the image's trim of unused AWS service models.
+Builds Dockerfile.enclave twice with `make image` on one base: as shipped (``TRIM_AWS_MODELS=1``:
+``python -m enclave._image_trim`` keeps only botocore's/boto3's KMS model) and as the baseline
+without the trim (``TRIM_AWS_MODELS=0``), then reads the sizes the daemon reports (uncompressed
+layers). The base is ``--base``, else the pinned base if the daemon has it, else the Debian
+stand-in of ``make base-image``. Needs a Docker daemon.
 Run: ``.venv/bin/python bench/image.py``. Prints Markdown for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
-import shutil
+import argparse
+import re
 import subprocess
 import sys
-import sysconfig
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PIP_TIMEOUT_S = 300
-BASELINE_DISTS = {
-    "pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence.pth"
-}
+BUILD_TIMEOUT_S = 900
+MIB = 1 << 20
 
 
-def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+def _out(argv: list[str], timeout: float = 120) -> str:
+    return subprocess.run(
+        argv, capture_output=True, text=True, check=True, timeout=timeout, cwd=ROOT
+    ).stdout.strip()
 
 
-def _site_packages(venv: Path) -> Path:
-    rel = Path(sysconfig.get_path("purelib")).relative_to(sys.prefix)
-    return venv / rel
+def _base() -> str:
+    pinned = re.search(r"^ARG BASE=(\S+)$", (ROOT / "Dockerfile.enclave").read_text(), re.M)
+    assert pinned
+    inspect = ["docker", "image", "inspect", pinned[1]]
+    if subprocess.run(inspect, capture_output=True, timeout=60).returncode == 0:
+        return pinned[1]
+    return _out(["image/base-image.sh"], timeout=BUILD_TIMEOUT_S)
 
 
-def _installed_bytes(venv: Path, pip_args: list[str]) -> int:
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
-    before = {p.name for p in _site_packages(venv).iterdir()}
+def _build(tag: str, base: str, trim: bool) -> None:
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-cache-dir",
-         "--no-compile", "--disable-pip-version-check", *pip_args],
-        check=True, timeout=PIP_TIMEOUT_S,
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            ".venv/.installed",
+            "image",
+            f"IMAGE={tag}",
+            f"BASE_IMAGE={base}",
+            f"DOCKER_BUILD_FLAGS=--build-arg TRIM_AWS_MODELS={int(trim)}",
+        ],
+        check=True,
+        timeout=BUILD_TIMEOUT_S,
+        cwd=ROOT,
+        capture_output=True,
     )
-    site = _site_packages(venv)
-    added = [p for p in site.iterdir() if p.name not in before and p.name not in BASELINE_DISTS]
-    return sum(_tree_bytes(p) if p.is_dir() else p.stat().st_size for p in added)
 
 
-def _baseline_bytes(venv: Path) -> int:
-    site = _site_packages(venv)
-    return sum(
-        _tree_bytes(p) if p.is_dir() else p.stat().st_size
-        for p in site.iterdir()
-        if p.name in BASELINE_DISTS or p.name.startswith(("pip-", "setuptools-"))
+def _size(image: str) -> int:
+    return int(_out(["docker", "image", "inspect", "--format", "{{.Size}}", image]))
+
+
+FILE_BYTES = (
+    "import os, sys; print(sum(os.lstat(os.path.join(d, f)).st_size"
+    " for d, _, fs in os.walk(sys.argv[1]) for f in fs))"
+)
+
+
+def _du(image: str, path: str) -> int:
+    """Bytes of the files under ``path`` in ``image`` (as layer sizes count them)."""
+    return int(
+        _out(
+            ["docker", "run", "--rm", "--network", "none", image, "python3", "-c", FILE_BYTES, path]
+        )
     )
 
 
-def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        deps = _installed_bytes(
-            base / "image",
-            ["--no-deps", "--only-binary=:all:", "--require-hashes", "-r",
-             str(ROOT / "enclave" / "requirements.txt")],
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", help="base image (default: pinned if present, else stand-in)")
+    args = parser.parse_args(argv)
+    base = args.base or _base()
+    trimmed, full = "nitro-toolkit-bench:trimmed", "nitro-toolkit-bench:untrimmed"
+    try:
+        _build(trimmed, base, trim=True)
+        _build(full, base, trim=False)
+        base_size, trimmed_size, full_size = _size(base), _size(trimmed), _size(full)
+        site = "/opt/enclave/site-packages"
+        rows = [
+            (f"base `{base}`", base_size, base_size),
+            ("image", full_size, trimmed_size),
+            ("added above the base (one layer)", full_size - base_size, trimmed_size - base_size),
+            (f"  of which `{site}`", _du(full, site), _du(trimmed, site)),
+            (
+                f"  of which `{site}/botocore/data`",
+                _du(full, f"{site}/botocore/data"),
+                _du(trimmed, f"{site}/botocore/data"),
+            ),
+            ("  of which `/app` (the code)", _du(full, "/app"), _du(trimmed, "/app")),
+        ]
+    finally:
+        subprocess.run(
+            ["docker", "image", "rm", "--force", trimmed, full], capture_output=True, timeout=120
         )
-        app = base / "app"
-        for package in ("attestation", "enclave"):
-            shutil.copytree(ROOT / package, app / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        code = _tree_bytes(app)
-        trim = subprocess.run(
-            [str(base / "image" / "bin" / "python"), "-m", "enclave._image_trim"],
-            cwd=app, env={"PYTHONPATH": str(app), "PATH": "/usr/bin:/bin"},
-            check=True, timeout=60, capture_output=True,
-        )
-        del trim
-        trimmed = _tree_bytes(_site_packages(base / "image")) - _baseline_bytes(base / "image")
-        full = _installed_bytes(base / "full", [str(ROOT)])
-    mib = 1 << 20
-    rows = [
-        ("runtime dependencies (enclave/requirements.txt, wheels)", deps),
-        ("the same after `python -m enclave._image_trim` (KMS model only)", trimmed),
-        ("code: attestation/ + enclave/", code),
-        ("**added by Dockerfile.enclave** (trimmed dependencies + code)", trimmed + code),
-        ("for comparison: the whole toolkit with all its dependencies", full),
-    ]
-    print("| part of the enclave image (above the base) | MiB |")
-    print("|---|---:|")
-    for name, size in rows:
-        print(f"| {name} | {size / mib:.2f} |")
+    print("| part | without trim (MiB) | with trim, as shipped (MiB) | trimmed / untrimmed |")
+    print("|---|---:|---:|---:|")
+    for name, before, after in rows:
+        print(f"| {name} | {before / MIB:.1f} | {after / MIB:.1f} | {after / before:.2f} |")
     return 0
 
 

@@ -5,7 +5,8 @@ module path away: ``--app mypkg.app:build`` where ``build`` is an ``enclave.app.
 callable returning one. The server listens on ``(VMADDR_CID_ANY, port)`` — in simulation
 (``NITRO_VSOCK_SIM_DIR``) as ``NITRO_VSOCK_SIM_CID``. It prints one JSON ``ready`` line on
 stdout, logs JSON lines on stderr (ids, codes, timings — never payloads) and stops cleanly on
-SIGTERM/SIGINT. Exit codes: 0 stopped, 2 usage or app loading error, 5 cannot listen.
+SIGTERM/SIGINT. Exit codes: 0 stopped, 2 usage or app loading error, 5 cannot listen, 6 no NSM
+(on hardware, i.e. without ``NITRO_VSOCK_SIM_DIR``: neither ``/dev/nsm`` nor ``NITRO_NSM_SOCKET``).
 
 With ``--asgi MODULE:ATTR`` the process also serves that ASGI 3 app over TLS on vsock port
 ``--ingress-port`` (default 5443), with a key pair made here at start and the attestation
@@ -29,6 +30,7 @@ DEFAULT_APP = "enclave.handlers:default_app"
 DEFAULT_PORT = 5000
 EXIT_USAGE = 2
 EXIT_LISTEN = 5
+EXIT_NO_NSM = 6
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,7 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.port < 2**32:
         print("enclave: --port must be 1..4294967295", file=sys.stderr)
         return EXIT_USAGE
-    if not args.no_loopback and not os.environ.get("NITRO_VSOCK_SIM_DIR"):
+    hardware = not os.environ.get("NITRO_VSOCK_SIM_DIR")
+    if hardware:
+        from ._nsm_device import NSM_DEVICE, NSM_SOCKET_ENV, UNAVAILABLE_MESSAGE
+
+        if not os.environ.get(NSM_SOCKET_ENV) and not os.path.exists(NSM_DEVICE):
+            print(f"enclave: {UNAVAILABLE_MESSAGE}", file=sys.stderr)
+            return EXIT_NO_NSM
+    if hardware and not args.no_loopback:
         from .kms_tunnel import bring_up_loopback
 
         with contextlib.suppress(Exception):

@@ -1,7 +1,8 @@
 # Targets that build the enclave image and EIF and run it on a Nitro-enabled instance
 # (docs/deploy.md). Every target says what is missing (docker daemon, nitro-cli,
 # /dev/nitro_enclaves, build/measurements.json) instead of failing obscurely.
-# Variables: IMAGE, BASE_IMAGE (e.g. the arm64 base digest), EIF, CPU, MEMORY (MiB), CID, DEBUG=1, ENCLAVE_NAME, REGION, ENCLAVE_ROLE, ADMIN.
+# Variables: IMAGE, BASE_IMAGE (any base with python3 3.11, e.g. the arm64 digest or the stand-in
+# of `make base-image`), BASE_FALLBACK, DOCKER_BUILD_FLAGS, EIF, CPU, MEMORY (MiB), CID, DEBUG=1, ENCLAVE_NAME, REGION, ENCLAVE_ROLE, ADMIN.
 
 IMAGE        ?= nitro-toolkit-enclave:latest
 EIF          ?= build/app.eif
@@ -27,11 +28,14 @@ COMMIT       ?=
 SIGNING_CERT ?=
 STATEMENT    ?=
 BASE_IMAGE   ?=
+BASE_FALLBACK ?= standin
+WHEELS_DIR   ?= build/wheels
+DOCKER_BUILD_FLAGS ?=
 # the last commit's time: same commit => same file mtimes in the image => same PCR2
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DEBUG_FLAG    = $(if $(filter 1 yes true,$(DEBUG)),--debug-mode,)
 
-.PHONY: image eif measurements run-enclave console describe terminate policy deploy-dry-run
+.PHONY: image wheels base-image eif measurements run-enclave console describe terminate policy deploy-dry-run
 
 define need_docker
 	@command -v docker >/dev/null 2>&1 || { echo "make $@: the docker client is not installed (see https://docs.docker.com/engine/install/)."; exit 2; }
@@ -50,11 +54,30 @@ define need_file
 	@test -f $(1) || { echo "make $@: $(1) is missing: run 'make $(2)' first."; exit 2; }
 endef
 
-image: ## docker build the enclave image (Dockerfile.enclave, SOURCE_DATE_EPOCH from git)
+image: $(STAMP) ## docker build the enclave image, offline (Dockerfile.enclave, image/build.sh)
 	$(need_docker)
-	tar --sort=name --exclude=__pycache__ --exclude='*.pyc' -cf - Dockerfile.enclave attestation enclave \
-	  | docker build -f Dockerfile.enclave --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(if $(BASE_IMAGE),--build-arg BASE=$(BASE_IMAGE),) -t $(IMAGE) -
-	@echo "built $(IMAGE) (SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)); next: make eif"
+	@$(MAKE) --no-print-directory -o $(STAMP) wheels
+	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) BASE_FALLBACK=$(BASE_FALLBACK) WHEELS_DIR=$(WHEELS_DIR) \
+	  SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) DOCKER_BUILD_FLAGS="$(DOCKER_BUILD_FLAGS)" image/build.sh
+	@echo "next: make eif"
+
+# The wheels of the image for the daemon's architecture, fetched by hash on the host.
+WHEEL_ARCH = $(shell docker info --format '{{.Architecture}}' 2>/dev/null || uname -m)
+WHEEL_PLATFORMS = manylinux_2_28 manylinux_2_17 manylinux2014
+WHEEL_REQS = enclave/requirements.txt image/build-requirements.txt
+
+wheels: $(WHEELS_DIR)/.fetched-$(WHEEL_ARCH) ## fetch the image's wheels by hash into build/wheels
+
+$(WHEELS_DIR)/.fetched-%: $(WHEEL_REQS) | $(STAMP)
+	@mkdir -p $(WHEELS_DIR)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+	  --only-binary=:all: --implementation cp --python-version 3.11 \
+	  $(foreach p,$(WHEEL_PLATFORMS),--platform $(p)_$*) -d $(WHEELS_DIR) $(addprefix -r ,$(WHEEL_REQS))
+	@touch $@
+
+base-image: ## make (or reuse) the stand-in base from Debian packages (no registry needed)
+	$(need_docker)
+	image/base-image.sh
 
 eif: $(STAMP) ## build/app.eif + build/measurements.json: nitro-cli if present, else the Python builder (says which)
 	@mkdir -p $(dir $(EIF)) $(dir $(MEASUREMENTS))

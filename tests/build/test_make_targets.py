@@ -39,6 +39,8 @@ def test_help_lists_the_targets() -> None:
     out = make("help").stdout
     for target in (
         "image",
+        "wheels",
+        "base-image",
         "eif",
         "measurements",
         "run-enclave",
