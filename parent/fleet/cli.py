@@ -220,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one fleet command; see the module docstring for exit codes."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
 
     args = _parser().parse_args(argv)
     try:
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = exc.response.get("Error", {})
         print(f"error [aws:{err.get('Code')}]: {err.get('Message')}", file=sys.stderr)
         return 1
-    except BotoCoreError as exc:
+    except (BotoCoreError, ResponseParserError) as exc:
         print(f"error [aws]: {exc}", file=sys.stderr)
         return 1
 

@@ -265,12 +265,21 @@ class Fleet:
         self.say(f"bucket {bucket}: {len(keys)} object(s) deleted, bucket deleted")
         return len(keys)
 
-    def _schedule_key_deletion(self, key_arn: str) -> int:
+    def _schedule_key_deletion(self, key_arn: str) -> int | None:
+        """The key's deletion window in days, scheduled here if the stack did not (None: the
+        key is gone already)."""
         kms = self.aws.client("kms")
-        meta: Mapping[str, Any] = kms.describe_key(KeyId=key_arn)["KeyMetadata"]
+        try:
+            meta: Mapping[str, Any] = kms.describe_key(KeyId=key_arn)["KeyMetadata"]
+        except ClientError as exc:
+            if error_code(exc) != "NotFoundException":
+                raise
+            self.say(f"KMS key {key_arn}: already deleted")
+            return None
         if meta.get("KeyState") != "PendingDeletion":
-            kms.schedule_key_deletion(KeyId=key_arn, PendingWindowInDays=KEY_DELETION_WINDOW_DAYS)
-            meta = kms.describe_key(KeyId=key_arn)["KeyMetadata"]
+            key_id = meta["KeyId"]
+            kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=KEY_DELETION_WINDOW_DAYS)
+            meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
         when = meta.get("DeletionDate")
         self.say(
             f"KMS key {key_arn}: deletion scheduled in {KEY_DELETION_WINDOW_DAYS} days, the "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -142,6 +142,7 @@ class Rollout:
         min_healthy_percentage: int = DEFAULT_MIN_HEALTHY_PERCENTAGE,
         warmup_seconds: int = BOOT_GRACE_SECONDS,
         stop_after: int | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         if not 0 <= min_healthy_percentage <= 100:
             raise FleetError("usage", "--min-healthy-percentage must be 0..100")
@@ -151,6 +152,7 @@ class Rollout:
         self.min_healthy = min_healthy_percentage
         self.warmup = warmup_seconds
         self.stop_after = stop_after
+        self.on_step = on_step  # called once a step is done and recorded
         self.steps_run: list[int] = []  # the steps this run executed (not skipped as done)
 
     def say(self, text: str) -> None:
@@ -182,9 +184,13 @@ class Rollout:
             if number == len(STEPS):
                 self.fleet.aws.client("s3").delete_object(Bucket=bucket, Key=STATE_KEY)
                 self.say("rollout complete: the fleet runs the new EIF, the key accepts only it")
+                if self.on_step:
+                    self.on_step(number)
                 return None
             state.completed.append(number)
             self._save(bucket, state)
+            if self.on_step:
+                self.on_step(number)
             if self.stop_after == number:
                 self.say(f"stopped after step {number} as asked: run the same rollout to continue")
                 return state

@@ -14,6 +14,8 @@ from botocore.exceptions import ClientError, WaiterError
 from attestation.errors import CodedError
 
 CAPABILITIES = ["CAPABILITY_IAM"]
+RESOLVED = frozenset({"ImageId"})
+"""SSM-typed parameters: left to their default path, which CloudFormation resolves anew."""
 NO_UPDATES = "No updates are to be performed"  # CloudFormation's answer to an empty update
 
 
@@ -113,19 +115,27 @@ class Stack:
 
     # -- changing --
     def _params(self, values: Mapping[str, str], keep: bool) -> list[dict[str, Any]]:
+        """``values``, plus (``keep``) every other current parameter's previous value."""
         out: list[dict[str, Any]] = [
             {"ParameterKey": k, "ParameterValue": str(v)} for k, v in values.items()
         ]
         if keep:
-            given = set(values)
             out += [
                 {"ParameterKey": k, "UsePreviousValue": True}
                 for k in self.parameters()
-                if k not in given
+                if k not in values and k not in RESOLVED
             ]
         return out
 
     def create(self, template: Mapping[str, Any], params: Mapping[str, str]) -> None:
+        """Create the stack; every parameter is passed explicitly (defaults included), so
+        that later updates can keep each with ``UsePreviousValue``."""
+        defaults = {
+            k: str(v["Default"])
+            for k, v in template.get("Parameters", {}).items()
+            if "Default" in v and k not in RESOLVED
+        }
+        params = {**defaults, **params}
         seen = self._event_ids()
         self.say(f"creating stack {self.name} ...")
         self.cfn.create_stack(

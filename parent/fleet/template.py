@@ -263,27 +263,25 @@ def _security_groups(o: TemplateOptions) -> dict[str, Any]:
             },
         ]
     else:
-        ingress = [
-            {
-                "Fn::If": [
-                    "HasAllowedClientCidr",
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": port,
-                        "ToPort": port,
-                        "CidrIp": _ref("AllowedClientCidr"),
-                        "Description": "clients to the ingress port",
-                    },
-                    _ref("AWS::NoValue"),
-                ]
-            }
-        ]
+        ingress = []
+        resources["ClientsToInstances"] = {
+            "Type": "AWS::EC2::SecurityGroupIngress",
+            "Condition": "HasAllowedClientCidr",
+            "Properties": {
+                "GroupId": {"Fn::GetAtt": ["InstanceSecurityGroup", "GroupId"]},
+                "IpProtocol": "tcp",
+                "FromPort": port,
+                "ToPort": port,
+                "CidrIp": _ref("AllowedClientCidr"),
+                "Description": "clients to the ingress port",
+            },
+        }
     resources["InstanceSecurityGroup"] = {
         "Type": "AWS::EC2::SecurityGroup",
         "Properties": {
             "GroupDescription": "nitro-toolkit parents: the ingress port, nothing else",
             "VpcId": _ref("VpcId"),
-            "SecurityGroupIngress": ingress,
+            **({"SecurityGroupIngress": ingress} if ingress else {}),
         },
     }
     return resources
@@ -397,7 +395,6 @@ def build(o: TemplateOptions) -> dict[str, Any]:
                 "EnableKeyRotation": True,
                 "PendingWindowInDays": KEY_DELETION_WINDOW_DAYS,
                 "KeyPolicy": key_policy_of(o),
-                "Tags": tags,
             },
         },
         "EnclaveKeyAlias": {

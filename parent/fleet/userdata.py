@@ -36,7 +36,7 @@ SUBSTITUTIONS = frozenset(
         "EifObjectKey",
         "EifSha384",
         "ToolkitObjectKey",
-        "EnclaveKey.Arn",
+        "EnclaveKeyArn",
         "IngressPort",
     }
 )
@@ -99,7 +99,7 @@ def units(settings: EnclaveSettings) -> dict[str, str]:
         bucket="${ArtifactBucket}",
         eif_key="${EifObjectKey}",
         toolkit_key="${ToolkitObjectKey}",
-        key_arn="${EnclaveKey.Arn}",
+        key_arn="${EnclaveKeyArn}",
         cpu_count=settings.cpu_count,
         memory_mib=settings.memory_mib,
         enclave_cid=settings.enclave_cid,
@@ -161,7 +161,7 @@ def script(settings: EnclaveSettings) -> str:
         "EOF",
         f"cat > {CONFIG_DIR}/deployment.json <<'EOF'",
         '{"stack": "${AWS::StackName}", "region": "${AWS::Region}", '
-        '"key_arn": "${EnclaveKey.Arn}", "eif_sha384": "${EifSha384}", '
+        '"key_arn": "${EnclaveKeyArn}", "eif_sha384": "${EifSha384}", '
         f'"secret_store": "s3://${{ArtifactBucket}}/{SECRET_STORE_PREFIX}", '
         f'"enclave_cid": {settings.enclave_cid}, "proxy_port": {settings.proxy_port}}}',
         "EOF",
@@ -187,5 +187,14 @@ def script(settings: EnclaveSettings) -> str:
 
 
 def user_data(settings: EnclaveSettings) -> dict[str, Any]:
-    """``Fn::Base64`` of ``Fn::Sub`` of :func:`script`, for ``LaunchTemplateData.UserData``."""
-    return {"Fn::Base64": {"Fn::Sub": script(settings)}}
+    """``Fn::Base64`` of ``Fn::Sub`` of :func:`script`, for ``LaunchTemplateData.UserData``.
+
+    The stack values are named in the ``Fn::Sub`` variable map (explicit ``Ref``/``GetAtt``),
+    so that a change of any of them is a visible change of the launch template."""
+    variables = {
+        name: {"Ref": name}
+        for name in ("ArtifactBucket", "EifObjectKey", "EifSha384", "ToolkitObjectKey")
+    }
+    variables["IngressPort"] = {"Ref": "IngressPort"}
+    variables["EnclaveKeyArn"] = {"Fn::GetAtt": ["EnclaveKey", "Arn"]}
+    return {"Fn::Base64": {"Fn::Sub": [script(settings), variables]}}
