@@ -21,15 +21,14 @@ HEX = st.text("0123456789abcdef", min_size=96, max_size=96).filter(lambda h: set
 PCR0, PCR1, PCR2, PCR8 = ("0a" * 48, "1b" * 48, "2c" * 48, "8d" * 48)
 MEASUREMENTS = {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": PCR0,
                                  "PCR1": PCR1, "PCR2": PCR2, "PCR8": PCR8}}  # fmt: skip
-MATRIX = list(
-    itertools.product(
-        (False, True),  # NLB
-        ("x86_64", "arm64"),
-        (1, 3),  # desired instances
-        ("image", "signer"),
-        (1, 2),  # accepted releases (2: mid-rollout)
-    )
-)
+MATRIX = [
+    *itertools.product((False, True), ("x86_64", "arm64"), (1, 3), ("image",), (1,)),
+    # the key policy's other shapes: signed releases, and mid-rollout (two releases)
+    (True, "x86_64", 3, "signer", 1),
+    (False, "arm64", 1, "image", 2),
+    (True, "arm64", 3, "signer", 2),
+]
+"""(NLB, arch, desired instances, pin mode, accepted releases): 11 templates."""
 
 
 def _options(nlb: bool, arch: str, desired: int, pin: str, n: int) -> template.TemplateOptions:
@@ -49,10 +48,10 @@ def _options(nlb: bool, arch: str, desired: int, pin: str, n: int) -> template.T
 def test_cfn_lint_passes_on_every_template_of_the_matrix() -> None:
     from cfnlint.api import ManualArgs, lint
 
-    assert len(MATRIX) == 32
+    assert len(set(MATRIX)) == 11
     for case in MATRIX:
         text = template.render(template.build(_options(*case)))
-        matches = lint(text, config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
+        matches = lint(text, config=ManualArgs(regions=["us-east-1"]))
         assert matches == [], (case, [str(m) for m in matches])
 
 
