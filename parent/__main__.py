@@ -17,7 +17,7 @@ COMMANDS = {
     "proxy": ("parent.proxy", "HTTP API for other services, forwarding to the enclave"),
     "kms-relay": ("parent.kms_relay", "vsock -> TCP relay for the enclave's KMS traffic"),
     "credentials": ("parent.credentials", "push instance-role credentials to the enclave"),
-    "deploy": ("parent.deploy", "deploy to EC2 (build, run, describe, terminate)"),
+    "deploy": ("parent.deploy", "one parent on EC2: the fleet stack with one instance"),
     "key-policy": ("parent.key_policy", "KMS key policy from enclave measurements"),
     "fleet": ("parent.fleet.cli", "CloudFormation fleet: template, deploy, rollout, teardown"),
 }

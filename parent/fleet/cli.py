@@ -193,9 +193,20 @@ def _run(args: argparse.Namespace) -> int:
             allowed_client_cidr=args.allowed_cidr,
         )
         if args.dry_run:
-            tpl, changes = fleet.dry_run(options, eif, placement)
-            sys.stdout.write(template.render(tpl))
-            result = {"change_set": changes}
+            tpl = fleet.dry_run_template(options, eif)
+            sys.stdout.write(template.render(tpl))  # the template on stdout, the changes below
+            sys.stdout.flush()
+            changes = fleet.change_set(tpl, eif, placement)
+            print(f"change set for stack {args.stack_name} (nothing executed):", file=sys.stderr)
+            for change in changes:
+                replace = change.get("Replacement")
+                print(
+                    f"  {change.get('Action', '?'):<7} {change.get('LogicalResourceId', '?'):<28}"
+                    f" {change.get('ResourceType', '')}"
+                    + (f" (replacement: {replace})" if replace else ""),
+                    file=sys.stderr,
+                )
+            return 0
         else:
             result = fleet.deploy(options, eif, placement)
     elif args.command == "rollout":

@@ -162,16 +162,18 @@ class Fleet:
         self.say(f"stack {self.stack.name}: {self.stack.require()['StackStatus']}")
         return outputs
 
-    def dry_run(
-        self, options: TemplateOptions, eif: artifacts.Eif, placement: Placement
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The template a deploy would use and CloudFormation's change set for it."""
-        release = pinned(eif.pcrs, options.pin)
-        options = options.with_releases([release])
-        template = build(options)
+    def dry_run_template(self, options: TemplateOptions, eif: artifacts.Eif) -> dict[str, Any]:
+        """The template a deploy of ``eif`` would use (no AWS call)."""
+        return build(options.with_releases([pinned(eif.pcrs, options.pin)]))
+
+    def change_set(
+        self, template: dict[str, Any], eif: artifacts.Eif, placement: Placement
+    ) -> list[dict[str, Any]]:
+        """CloudFormation's change set for ``template``; nothing is executed or kept."""
+        options = options_of(template)
         key = artifacts.toolkit_key(artifacts.toolkit_tarball())
         params = self.parameters(options, eif, key, placement)
-        return template, self.stack.change_set(template, params)
+        return self.stack.change_set(template, params)
 
     # -- status --
     def status(self) -> dict[str, Any]:
