@@ -1,9 +1,9 @@
 """``python -m parent COMMAND ...``: what runs on the parent instance.
 
 Commands: ``proxy`` (HTTP API for other services), ``kms-relay`` (vsock → KMS, vsock-proxy
-compatible), ``credentials`` (instance-role credentials → enclave), ``deploy`` (EC2
-deployment) and ``key-policy`` (KMS key policy from measurements). ``python -m parent COMMAND
---help`` shows each command's options.
+compatible), ``credentials`` (instance-role credentials → enclave), ``fleet`` and ``deploy``
+(EC2 deployments as one CloudFormation stack) and ``key-policy`` (KMS key policy from
+measurements). ``python -m parent COMMAND --help`` shows each command's options.
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def user_data(settings: EnclaveSettings) -> dict[str, Any]:
 
     The stack values are named in the ``Fn::Sub`` variable map (explicit ``Ref``/``GetAtt``),
     so that a change of any of them is a visible change of the launch template."""
-    variables = {
+    variables: dict[str, Any] = {
         name: {"Ref": name}
         for name in ("ArtifactBucket", "EifObjectKey", "EifSha384", "ToolkitObjectKey")
     }
