@@ -160,6 +160,7 @@ class Rollout:
 
     def run(self, eif: artifacts.Eif, measurements: Any = None) -> RolloutState | None:
         """Run (or resume) the rollout; None once it is complete."""
+        self.stack.settle()
         template = self.stack.template()
         options = options_of(template)
         target = pinned(eif.pcrs, options.pin)

@@ -224,6 +224,21 @@ class Stack:
                 self.cfn.delete_stack(StackName=self.name)
         return changes
 
+    def settle(self) -> None:
+        """Wait (bounded) until no operation runs on the stack, e.g. one that an interrupted
+        run started; a failed one has rolled back by then and its step runs again."""
+        deadline = time.monotonic() + self.limits.stack_wait_seconds
+        seen = self._event_ids()
+        while True:
+            status = str(self.require()["StackStatus"])
+            if not status.endswith("_IN_PROGRESS"):
+                return
+            if time.monotonic() > deadline:
+                raise FleetError("stack-timeout", f"stack {self.name} still {status}")
+            self.say(f"stack {self.name} is {status}: waiting for it to finish")
+            self.sleep(self.limits.poll_seconds)
+            self._show_new_events(seen)
+
     # -- waiting, with progress --
     def _event_ids(self) -> set[str]:
         if self.describe() is None:

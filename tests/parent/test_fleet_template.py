@@ -133,17 +133,22 @@ def test_bad_options_are_refused(change: dict, message: str) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    releases=st.lists(
-        st.fixed_dictionaries({0: HEX, 1: HEX, 2: HEX}) | st.fixed_dictionaries({8: HEX}),
+    measurements=st.lists(
+        st.fixed_dictionaries(
+            {"PCR0": HEX, "PCR1": HEX, "PCR2": HEX, "PCR8": HEX},
+            optional={"PCR3": HEX, "PCR4": HEX, "HashAlgorithm": st.just("Sha384 { ... }")},
+        ),
         min_size=1,
         max_size=4,
     ),
+    pin=st.sampled_from(["image", "signer"]),
     role=st.from_regex(r"arn:aws:iam::\d{12}:role/[A-Za-z0-9]{1,20}", fullmatch=True),
 )
 def test_any_measurements_give_a_policy_that_lints_clean_and_decrypts_only_under_pcrs(
-    releases: list[dict[int, str]], role: str
+    measurements: list[dict[str, str]], pin: str, role: str
 ) -> None:
     admin = "arn:aws:iam::111122223333:role/KeyAdmin"
+    releases = [pinned({"Measurements": m}, pin) for m in measurements]  # type: ignore[arg-type]
     policy = release_key_policy(releases, enclave_role=role, admin=admin)
     assert lint_policy(policy) == []
     expected = []
