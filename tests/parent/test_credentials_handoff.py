@@ -59,20 +59,12 @@ class _Imds(BaseHTTPRequestHandler):
         if self.path == base:
             return self._send(200, ROLE)
         if self.path == base + ROLE:
-            return self._send(
-                200,
-                json.dumps(
-                    {
-                        "Code": "Success",
-                        "Type": "AWS-HMAC",
-                        "LastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "AccessKeyId": "ASIAIMDSEXAMPLE00001",
-                        "SecretAccessKey": IMDS_SECRET,
-                        "Token": IMDS_TOKEN,
-                        "Expiration": EXPIRATION.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    }
-                ),
-            )
+            return self._send(200, json.dumps({
+                "Code": "Success", "Type": "AWS-HMAC",
+                "LastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "AccessKeyId": "ASIAIMDSEXAMPLE00001", "SecretAccessKey": IMDS_SECRET,
+                "Token": IMDS_TOKEN, "Expiration": EXPIRATION.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }))
         return self._send(404, "")
 
     def log_message(self, *args):
@@ -84,22 +76,14 @@ def imds(monkeypatch, tmp_path):
     _Imds.calls = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Imds)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    for var in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_EC2_METADATA_DISABLED",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-    ):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_EC2_METADATA_DISABLED", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv(
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}/"
-    )
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                       f"http://127.0.0.1:{server.server_address[1]}/")
     yield _Imds.calls
     server.shutdown()
     server.server_close()
@@ -115,9 +99,8 @@ def sim_dir(tmp_path_factory, monkeypatch):
 
 
 async def enclave_side(store: CredentialStore, port: int = 5000):
-    return await serve(
-        VsockAddress(VMADDR_CID_ANY, port), {"set-credentials": store.handle_set_credentials}
-    )
+    return await serve(VsockAddress(VMADDR_CID_ANY, port),
+                       {"set-credentials": store.handle_set_credentials})
 
 
 def test_instance_role_credentials_reach_the_enclave(imds, sim_dir, caplog):
@@ -139,9 +122,7 @@ def test_instance_role_credentials_reach_the_enclave(imds, sim_dir, caplog):
     held = store.get()
     assert held is not None
     assert (held.access_key_id, held.secret_access_key, held.session_token) == (
-        "ASIAIMDSEXAMPLE00001",
-        IMDS_SECRET,
-        IMDS_TOKEN,
+        "ASIAIMDSEXAMPLE00001", IMDS_SECRET, IMDS_TOKEN
     )
     assert held.expiration == EXPIRATION == expiration
     assert held.region == "eu-west-1"
@@ -155,14 +136,12 @@ def test_retries_with_backoff_until_the_enclave_is_up(monkeypatch, sim_dir):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVEXAMPLE000001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-key-example")
     store = CredentialStore()
-    limits = HandoffLimits(
-        connect_deadline_s=0.1, backoff_initial_s=0.1, backoff_max_s=0.3, push_interval_s=30
-    )
+    limits = HandoffLimits(connect_deadline_s=0.1, backoff_initial_s=0.1, backoff_max_s=0.3,
+                           push_interval_s=30)
 
     async def main():
         sender = CredentialSender(
-            VsockAddress(ENCLAVE_CID, 5001),
-            session=boto3.Session(region_name="us-east-1"),
+            VsockAddress(ENCLAVE_CID, 5001), session=boto3.Session(region_name="us-east-1"),
             limits=limits,
         )
         with pytest.raises(HandoffError) as info:
@@ -229,9 +208,8 @@ def test_no_credentials_at_all(sim_dir):
 
 def test_schedule():
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    sender = CredentialSender(
-        VsockAddress(ENCLAVE_CID, 5000), session=boto3.Session(), clock=lambda: now
-    )
+    sender = CredentialSender(VsockAddress(ENCLAVE_CID, 5000), session=boto3.Session(),
+                              clock=lambda: now)
     lim = sender.limits
     assert sender.next_delay(None) == lim.push_interval_s
     assert sender.next_delay(now + timedelta(hours=6)) == lim.push_interval_s
@@ -246,23 +224,13 @@ def test_body_from_refreshable_credentials():
     from botocore.credentials import RefreshableCredentials
 
     creds = RefreshableCredentials.create_from_metadata(
-        {
-            "access_key": "ASIAX",
-            "secret_key": "s",
-            "token": "t",
-            "expiry_time": "2099-01-01T00:00:00Z",
-        },
-        refresh_using=lambda: None,
-        method="test",
+        {"access_key": "ASIAX", "secret_key": "s", "token": "t",
+         "expiry_time": "2099-01-01T00:00:00Z"},
+        refresh_using=lambda: None, method="test",
     )
     body = credentials_body(creds, "us-west-2")
-    assert body == {
-        "access_key_id": "ASIAX",
-        "secret_access_key": "s",
-        "session_token": "t",
-        "expiration": "2099-01-01T00:00:00+00:00",
-        "region": "us-west-2",
-    }
+    assert body == {"access_key_id": "ASIAX", "secret_access_key": "s", "session_token": "t",
+                    "expiration": "2099-01-01T00:00:00+00:00", "region": "us-west-2"}
 
 
 def test_cli_once(imds, sim_dir):
@@ -274,22 +242,9 @@ def test_cli_once(imds, sim_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "parent.credentials",
-                "--enclave-cid",
-                str(ENCLAVE_CID),
-                "--port",
-                "5004",
-                "--region",
-                "ap-south-1",
-                "--once",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [sys.executable, "-m", "parent.credentials", "--enclave-cid", str(ENCLAVE_CID),
+             "--port", "5004", "--region", "ap-south-1", "--once"],
+            env=env, capture_output=True, text=True, timeout=60,
         )
         assert p.returncode == 0, p.stderr
         assert "credentials pushed" in p.stderr
@@ -297,27 +252,13 @@ def test_cli_once(imds, sim_dir):
         assert store.get().region == "ap-south-1"
         t0 = time.monotonic()
         p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "parent.credentials",
-                "--enclave-cid",
-                str(ENCLAVE_CID),
-                "--port",
-                "5999",
-                "--once",
-                "--deadline",
-                "1",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [sys.executable, "-m", "parent.credentials", "--enclave-cid", str(ENCLAVE_CID),
+             "--port", "5999", "--once", "--deadline", "1"],
+            env=env, capture_output=True, text=True, timeout=60,
         )
         assert p.returncode == 1 and "giving up: enclave-unreachable" in p.stderr
         assert time.monotonic() - t0 < 30
     finally:
-
         async def stop():
             server.close()
             await server.wait_closed()

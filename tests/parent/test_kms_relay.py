@@ -109,9 +109,7 @@ def test_connections_over_the_limit_are_closed_and_counted(sim_dir):
     async def main():
         server, port, _ = await echo_server(hold_until=10**6)  # never echoes: holds them open
         relay = KmsRelay(
-            "127.0.0.1",
-            port,
-            listen=VsockAddress(PARENT_CID, 8002),
+            "127.0.0.1", port, listen=VsockAddress(PARENT_CID, 8002),
             limits=RelayLimits(max_connections=5),
         )
         await relay.start()
@@ -138,9 +136,7 @@ def test_connections_over_the_limit_are_closed_and_counted(sim_dir):
 def test_unreachable_remote_closes_only_that_client(sim_dir):
     async def main():
         relay = KmsRelay(
-            "127.0.0.1",
-            1,
-            listen=VsockAddress(PARENT_CID, 8003),
+            "127.0.0.1", 1, listen=VsockAddress(PARENT_CID, 8003),
             limits=RelayLimits(connect_timeout_s=1.0),
         )
         await relay.start()
@@ -158,9 +154,7 @@ def test_idle_connections_are_closed(sim_dir):
     async def main():
         server, port, _ = await echo_server()
         relay = KmsRelay(
-            "127.0.0.1",
-            port,
-            listen=VsockAddress(PARENT_CID, 8004),
+            "127.0.0.1", port, listen=VsockAddress(PARENT_CID, 8004),
             limits=RelayLimits(idle_timeout_s=0.3),
         )
         await relay.start()
@@ -190,12 +184,8 @@ def test_dns_is_re_resolved_after_the_refresh_interval(sim_dir):
     async def main():
         server, port, _ = await echo_server()
         relay = KmsRelay(
-            "kms.example.test",
-            port,
-            listen=VsockAddress(PARENT_CID, 8005),
-            family=IpFamily.IPV4,
-            limits=RelayLimits(dns_refresh_s=0.3),
-            resolver=resolver,
+            "kms.example.test", port, listen=VsockAddress(PARENT_CID, 8005),
+            family=IpFamily.IPV4, limits=RelayLimits(dns_refresh_s=0.3), resolver=resolver,
         )
         await relay.start()
         try:
@@ -233,20 +223,14 @@ def test_cli_refuses_destinations_not_on_the_allowlist(sim_dir, tmp_path):
     cfg.write_text("allowlist:\n- {address: localhost, port: 8443}\n")
     p = subprocess.run(
         _relay_cmd("--config", str(cfg), "8000", "evil.example.invalid", "443"),
-        env=_env(sim_dir),
-        capture_output=True,
-        text=True,
-        timeout=30,
+        env=_env(sim_dir), capture_output=True, text=True, timeout=30,
     )
     assert p.returncode == EXIT_NOT_ALLOWED
     assert "refusing to start" in p.stderr and "not on the allowlist" in p.stderr
     assert not list(sim_dir.iterdir())  # never listened
     p = subprocess.run(  # right host, wrong port
         _relay_cmd("--config", str(cfg), "8000", "localhost", "443"),
-        env=_env(sim_dir),
-        capture_output=True,
-        text=True,
-        timeout=30,
+        env=_env(sim_dir), capture_output=True, text=True, timeout=30,
     )
     assert p.returncode == EXIT_NOT_ALLOWED
 
@@ -254,10 +238,7 @@ def test_cli_refuses_destinations_not_on_the_allowlist(sim_dir, tmp_path):
 def test_cli_default_allowlist_refuses_non_kms_hosts(sim_dir):
     p = subprocess.run(
         _relay_cmd("8000", "example.com.invalid", "443"),
-        env=_env(sim_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
+        env=_env(sim_dir), capture_output=True, text=True, timeout=60,
     )
     assert p.returncode == EXIT_NOT_ALLOWED, p.stderr
 
@@ -267,10 +248,7 @@ def test_cli_bad_config(sim_dir, tmp_path):
     cfg.write_text("allowlist:\n- {address: localhost}\n")
     p = subprocess.run(
         _relay_cmd("--config", str(cfg), "8000", "localhost", "443"),
-        env=_env(sim_dir),
-        capture_output=True,
-        text=True,
-        timeout=30,
+        env=_env(sim_dir), capture_output=True, text=True, timeout=30,
     )
     assert p.returncode == EXIT_CONFIG
     assert "no port field" in p.stderr

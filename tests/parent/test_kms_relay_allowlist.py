@@ -166,14 +166,8 @@ def test_match_by_resolved_ip(names, data):
         target_name
     )
     with pytest.raises(AllowlistError):
-        check_destination(
-            entries,
-            "10.9.9.9",
-            443,
-            resolver=lambda h, f: (
-                [ipaddress.ip_address("10.9.9.9")] if h == "10.9.9.9" else resolver(h, f)
-            ),
-        )
+        check_destination(entries, "10.9.9.9", 443, resolver=lambda h, f: [
+            ipaddress.ip_address("10.9.9.9")] if h == "10.9.9.9" else resolver(h, f))
 
 
 def test_unresolvable_entries_are_skipped_not_fatal():

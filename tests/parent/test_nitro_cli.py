@@ -449,7 +449,7 @@ _JSONISH = st.text(alphabet='{}[]":,0123456789 \n\tabcxyzEnclave.', max_size=100
 @given(prose=st.text(max_size=80), noise=_JSONISH)
 def test_json_values_never_raises_and_finds_line_start_json(prose: str, noise: str) -> None:
     prose = prose.replace("{", "").replace("[", "")
-    found = _json_values(f'{prose}\n{noise}\n{{\n  "PCR0": "ab"\n}}\n')
+    found = _json_values(f"{prose}\n{noise}\n{{\n  \"PCR0\": \"ab\"\n}}\n")
     assert isinstance(found, list)
     assert {"PCR0": "ab"} in found  # noise never hides a JSON value that starts a line
 

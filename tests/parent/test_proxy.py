@@ -106,9 +106,8 @@ async def running(
         http=http or HttpLimits(),
         pool=PoolLimits(size=2, heartbeat_s=0.2, heartbeat_timeout_s=0.5, backoff_max_s=0.2),
     )
-    runner = web.AppRunner(
-        build_app(config), access_log=None, keepalive_timeout=config.http.header_timeout_s
-    )
+    runner = web.AppRunner(build_app(config), access_log=None,
+                           keepalive_timeout=config.http.header_timeout_s)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     r = Running("", session, app, sim_dir)
     if enclave:
@@ -157,12 +156,8 @@ def test_health_attestation_routes(pki: TestPKI, sim_dir: str) -> None:
             assert status == 200
             doc = verify(
                 base64.b64decode(body["document"]),
-                Policy(
-                    pcrs={0: PCR0},
-                    nonce=b"n" * 32,
-                    user_data=app_user_data("proxy-test", "1"),
-                    public_key=app.e2e_key.public_key_der,
-                ),
+                Policy(pcrs={0: PCR0}, nonce=b"n" * 32, user_data=app_user_data("proxy-test", "1"),
+                       public_key=app.e2e_key.public_key_der),
                 roots=[pki.root_certificate],
             )
             assert doc.module_id == "i-0abc-enc0123"
@@ -184,7 +179,9 @@ def test_health_attestation_routes(pki: TestPKI, sim_dir: str) -> None:
         {"nonce": b64(b"n" * 16), "user_data": b64(b"parent data")},
     ],
 )
-def test_attestation_for_an_outside_key_is_refused(pki: TestPKI, sim_dir: str, body: dict) -> None:
+def test_attestation_for_an_outside_key_is_refused(
+    pki: TestPKI, sim_dir: str, body: dict
+) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir) as r:
             status, answer, _ = await r.post("/attestation", body)
@@ -251,12 +248,10 @@ def test_oversized_bodies_get_413(pki: TestPKI, sim_dir: str) -> None:
 def test_slow_body_is_cut_off_with_408(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir, http=HttpLimits(body_timeout_s=0.5)) as r:
-            host, port = r.url[len("http://") :].split(":")
+            host, port = r.url[len("http://"):].split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(
-                b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                b"\r\nContent-Length: 100\r\n\r\n{"
-            )
+            writer.write(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 100\r\n\r\n{")
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 408")
@@ -268,7 +263,7 @@ def test_slow_body_is_cut_off_with_408(pki: TestPKI, sim_dir: str) -> None:
 def test_slow_request_head_is_cut_off(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir, http=HttpLimits(header_timeout_s=0.5)) as r:
-            host, port = r.url[len("http://") :].split(":")
+            host, port = r.url[len("http://"):].split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -339,7 +334,8 @@ def test_backpressure_answers_503_when_saturated(pki: TestPKI, sim_dir: str) -> 
 
 def test_enclave_round_trip_deadline_gives_504(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
-        async with running(make_app(pki), sim_dir, http=HttpLimits(request_timeout_s=0.3)) as r:
+        async with running(make_app(pki), sim_dir,
+                           http=HttpLimits(request_timeout_s=0.3)) as r:
             status, body, _ = await r.post("/v1/hold", {"s": 3})
             assert status == 504 and body["error"]["code"] in ("enclave-timeout", "timeout")
             assert (await r.post("/v1/echo", {"n": 1}))[0] == 200
@@ -372,7 +368,6 @@ def test_logs_have_request_ids_and_no_payloads(
 
 def test_health_is_not_stuck_behind_a_saturated_pool(pki: TestPKI, sim_dir: str) -> None:
     """Every forwarding connection is full (64 in flight each): health still answers ok."""
-
     async def go() -> None:
         async with running(make_app(pki), sim_dir) as r:
             held = [asyncio.ensure_future(r.post("/v1/hold", {"s": 1.5})) for _ in range(160)]

@@ -75,12 +75,8 @@ async def serve(app: App, sim_dir: str):
 
 
 def policy(**kw) -> Policy:
-    return Policy(
-        pcrs={0: PCR0},
-        user_data=app_user_data("client-test", "3"),
-        max_age=timedelta(minutes=5),
-        **kw,
-    )
+    return Policy(pcrs={0: PCR0}, user_data=app_user_data("client-test", "3"),
+                  max_age=timedelta(minutes=5), **kw)
 
 
 async def wait_up(client: EnclaveClient) -> None:
@@ -131,9 +127,8 @@ def test_documents_failing_the_policy_are_refused(
     async def go() -> None:
         server = await serve(app, sim_dir)
         async with proxy(sim_dir) as url:
-            client = EnclaveClient(
-                url, make_policy(), roots=[pki.root_certificate] if use_roots else None
-            )
+            client = EnclaveClient(url, make_policy(),
+                                   roots=[pki.root_certificate] if use_roots else None)
             await wait_up(client)
             with pytest.raises(EnclaveClientError) as info:
                 await asyncio.to_thread(client.call_e2e, "reverse", {"data": b"x"})

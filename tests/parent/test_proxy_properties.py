@@ -29,45 +29,22 @@ from simulator.nsm import SimulatedNsm
 
 pytestmark = pytest.mark.timeout(120)
 SHARED_FIXTURE = [HealthCheck.function_scoped_fixture]  # the fixture is module-scoped, reused
-ROUTES = [
-    "/attestation",
-    "/e2e",
-    "/v1/sign",
-    "/v1/hmac",
-    "/v1/seal-load",
-    "/v1/public-key",
-    "/v1/envelope-decrypt",
-    "/v1/seal-list",
-    "/v1/nope",
-    "/health",
-    "/v1",
-]
+ROUTES = ["/attestation", "/e2e", "/v1/sign", "/v1/hmac", "/v1/seal-load", "/v1/public-key",
+          "/v1/envelope-decrypt", "/v1/seal-list", "/v1/nope", "/health", "/v1"]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=15,
 )
-field_names = st.sampled_from(
-    [
-        "name",
-        "message",
-        "nonce",
-        "sealed",
-        "kind",
-        "ciphertext",
-        "public_key",
-        "user_data",
-        "iv",
-        "format",
-        "x",
-    ]
-)
+field_names = st.sampled_from(["name", "message", "nonce", "sealed", "kind", "ciphertext",
+                               "public_key", "user_data", "iv", "format", "x"])
 bodies = st.one_of(
     json_values,
-    st.dictionaries(field_names, json_values | st.text(alphabet="AB+/=", max_size=12), max_size=4),
+    st.dictionaries(field_names, json_values | st.text(alphabet="AB+/=", max_size=12),
+                    max_size=4),
 )
 
 
@@ -103,7 +80,6 @@ def proxy_url() -> Iterator[str]:
     try:
         yield url
     finally:
-
         async def stop() -> None:
             await state["runner"].cleanup()
             state["server"].close()
@@ -121,9 +97,8 @@ def proxy_url() -> Iterator[str]:
 
 
 def http(method: str, url: str, data: bytes | None) -> tuple[int, object]:
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -140,10 +115,8 @@ def test_any_json_body_gets_a_typed_answer(proxy_url: str, route: str, body: obj
     if status != 200:
         assert 400 <= status < 500 or status in (502, 503), (status, answer)
         assert isinstance(answer["error"]["code"], str) and answer["request_id"]
-        if (
-            route == "/attestation"
-            and isinstance(body, dict)
-            and ("public_key" in body or "user_data" in body)
+        if route == "/attestation" and isinstance(body, dict) and (
+            "public_key" in body or "user_data" in body
         ):
             assert answer["error"]["code"] == "forbidden-field"
 
@@ -176,10 +149,8 @@ def test_bad_base64_is_a_typed_error(text: str) -> None:
 
 cbor_like = st.recursive(
     st.none() | st.booleans() | st.integers() | st.binary(max_size=20) | st.text(max_size=10),
-    lambda children: (
-        st.lists(children, max_size=3)
-        | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=3),
     max_leaves=10,
 )
 
