@@ -2,7 +2,7 @@
 # (docs/deploy.md). Every target says what is missing (docker daemon, nitro-cli,
 # /dev/nitro_enclaves, build/measurements.json) instead of failing obscurely.
 # Variables: IMAGE, BASE_IMAGE (any base with python3 3.11, e.g. the arm64 digest or the stand-in
-# of `make base-image`), BASE_FALLBACK, DOCKER_BUILD_FLAGS, EIF, CPU, MEMORY (MiB), CID, DEBUG=1, ENCLAVE_NAME, REGION, ENCLAVE_ROLE, ADMIN.
+# of `make base-image`), BASE_FALLBACK, DOCKER_BUILD_FLAGS, EIF, CPU, MEMORY (MiB), CID, DEBUG=1, ENCLAVE_NAME, REGION, ENCLAVE_ROLE, ADMIN, ENDPOINT_URL.
 
 IMAGE        ?= nitro-toolkit-enclave:latest
 EIF          ?= build/app.eif
@@ -145,6 +145,6 @@ policy: $(STAMP) ## KMS key policy from measurements (ENCLAVE_ROLE=arn ADMIN=arn
 	$(PY) -m parent.key_policy --measurements $(MEASUREMENTS) --enclave-role $(ENCLAVE_ROLE) --admin $(ADMIN) > $(KEY_POLICY)
 	@cat $(KEY_POLICY)
 
-deploy-dry-run: $(STAMP) ## print every AWS call a deployment of build/app.eif would make (REGION=...)
+deploy-dry-run: $(STAMP) ## print the stack template and CloudFormation's change set for build/app.eif (REGION=...)
 	$(call need_file,$(EIF),eif)
-	$(PY) -m parent.deploy --region $(REGION) --eif $(EIF) --dry-run $(if $(ADMIN),--admin $(ADMIN),)
+	$(PY) -m parent deploy --region $(REGION) --eif $(EIF) --dry-run $(if $(ADMIN),--key-admin $(ADMIN),) $(if $(ENDPOINT_URL),--endpoint-url $(ENDPOINT_URL),)

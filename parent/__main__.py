@@ -1,9 +1,9 @@
 """``python -m parent COMMAND ...``: what runs on the parent instance.
 
 Commands: ``proxy`` (HTTP API for other services), ``kms-relay`` (vsock → KMS, vsock-proxy
-compatible), ``credentials`` (instance-role credentials → enclave), ``deploy`` (EC2
-deployment) and ``key-policy`` (KMS key policy from measurements). ``python -m parent COMMAND
---help`` shows each command's options.
+compatible), ``credentials`` (instance-role credentials → enclave), ``fleet`` and ``deploy``
+(EC2 deployments as one CloudFormation stack) and ``key-policy`` (KMS key policy from
+measurements). ``python -m parent COMMAND --help`` shows each command's options.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ COMMANDS = {
     "kms-relay": ("parent.kms_relay", "vsock -> TCP relay for the enclave's KMS traffic"),
     "ingress": ("parent.ingress", "TCP -> vsock relay to the enclave's attested HTTPS listener"),
     "credentials": ("parent.credentials", "push instance-role credentials to the enclave"),
-    "deploy": ("parent.deploy", "deploy to EC2 (build, run, describe, terminate)"),
+    "deploy": ("parent.deploy", "one parent on EC2: the fleet stack with one instance"),
     "key-policy": ("parent.key_policy", "KMS key policy from enclave measurements"),
     "eif": ("parent.eif.cli", "build a reproducible (signed) EIF without nitro-cli"),
+    "fleet": ("parent.fleet.cli", "CloudFormation fleet: template, deploy, rollout, teardown"),
 }
 
 

@@ -114,6 +114,17 @@ def test_policy_and_deploy_dry_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     policy = json.loads((tmp_path / "p.json").read_text())
     assert read_eif(eif).pcrs[0].hex() in json.dumps(policy)
-    proc = make("deploy-dry-run", f"EIF={eif}", f"ADMIN={admin}", "REGION=eu-central-1")
+    from fleet_moto_server import running_server  # moto_server as a process (CloudFormation)
+
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    with running_server() as url:
+        proc = make(
+            "deploy-dry-run",
+            f"EIF={eif}",
+            f"ADMIN={admin}",
+            "REGION=eu-central-1",
+            f"ENDPOINT_URL={url}",
+            env=env,
+        )
     assert proc.returncode == 0, proc.stderr
-    assert "ec2.RunInstances" in proc.stdout and '"Enabled": true' in proc.stdout
+    assert '"EnclaveOptions": {' in proc.stdout and "Add     AutoScalingGroup" in proc.stderr
