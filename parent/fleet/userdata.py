@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from enclave.ingress.server import DEFAULT_INGRESS_PORT
+
 from .._userdata import (
     CONFIG_DIR,
     INSTALL_DIR,
@@ -20,6 +22,7 @@ from .._userdata import (
     SERVICE_USER,
     UNITS,
     UserDataConfig,
+    render_unit,
     render_units,
 )
 
@@ -42,27 +45,6 @@ SUBSTITUTIONS = frozenset(
 )
 _SUB_RE = re.compile(r"\$\{([^}!][^}]*)\}")
 
-_INGRESS_TEMPLATE = """\
-# TCP relay: clients (through the NLB) -> the enclave's TLS listener on vsock.
-[Unit]
-Description=nitro-toolkit attested HTTPS ingress
-After=nitro-toolkit-enclave.service
-Requires=nitro-toolkit-enclave.service
-
-[Service]
-User={service_user}
-ExecStart={python} -m parent ingress --listen 0.0.0.0:{ingress_port} \\
-    --enclave-cid {enclave_cid} --enclave-port {enclave_port}
-Restart=always
-RestartSec=2
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-
-[Install]
-WantedBy=multi-user.target
-"""
 
 
 @dataclass(frozen=True)
@@ -73,7 +55,7 @@ class EnclaveSettings:
     memory_mib: int = 1024
     enclave_cid: int = 16
     proxy_port: int = 8080
-    enclave_ingress_port: int = 8443  # vsock port of the enclave's TLS listener
+    enclave_ingress_port: int = DEFAULT_INGRESS_PORT  # vsock port of the enclave's TLS listener
     proxy_public: bool = False  # True behind an NLB: health checks reach the proxy
 
     def check(self) -> None:
@@ -107,12 +89,14 @@ def units(settings: EnclaveSettings) -> dict[str, str]:
         proxy_host="0.0.0.0" if settings.proxy_public else "127.0.0.1",
     )
     out = render_units(cfg)
-    out[INGRESS_UNIT] = _INGRESS_TEMPLATE.format(
+    out[INGRESS_UNIT] = render_unit(
+        INGRESS_UNIT,
         service_user=SERVICE_USER,
         python=f"{INSTALL_DIR}/venv/bin/python",
+        ingress_host="0.0.0.0",
         ingress_port="${IngressPort}",
         enclave_cid=settings.enclave_cid,
-        enclave_port=settings.enclave_ingress_port,
+        ingress_vsock_port=settings.enclave_ingress_port,
     )
     return out
 
