@@ -277,7 +277,7 @@ class ProxyHandlers:
             return web.json_response(out, status=503, headers={REQUEST_ID_HEADER: rid})
         out["enclave"] = "ok"
         if isinstance(answer, dict):
-            for key in ("app", "version", "uptime_s", "credentials"):
+            for key in ("app", "version", "uptime_s", "credentials", "clock"):
                 if key in answer:
                     out[key] = answer[key]
         return web.json_response(out, headers={REQUEST_ID_HEADER: rid})

@@ -54,3 +54,17 @@ def test_hostile_json_is_refused_and_no_concurrent_victim_fails(
             assert status == 200  # ordinary nesting still passes
 
     asyncio.run(go())
+
+
+def test_health_shows_the_enclave_clock(pki: TestPKI, sim_dir: str) -> None:  # noqa: F811
+    """Issue 9 item 20: /health carries the enclave's clock offset (null before any offer)."""
+    app = make_app(pki)
+
+    async def go() -> None:
+        async with running(app, sim_dir) as r:
+            status, health, _ = await r.get("/health")
+            assert status == 200
+            assert set(health["clock"]) >= {"offset_ms", "correction_ms", "drift_ms", "ok"}
+            assert health["clock"]["ok"] is True
+
+    asyncio.run(go())
