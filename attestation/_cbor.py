@@ -46,14 +46,14 @@ _INT_KEY_MAJORS = (0, 1)
 _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
-def _key_ok(major: int, arg: int, key_types: frozenset[str]) -> bool:
-    if major == 3:
-        return KEY_TEXT in key_types
-    if major == 2:
-        return KEY_BYTES in key_types
-    if major in _INT_KEY_MAJORS:
-        return KEY_INT in key_types and arg < SMALL_INT_KEY
-    return False
+def _key_majors(key_types: frozenset[str]) -> frozenset[int]:
+    """CBOR major types a map key may have under ``key_types``."""
+    majors = {3} if KEY_TEXT in key_types else set()
+    if KEY_BYTES in key_types:
+        majors.add(2)
+    if KEY_INT in key_types:
+        majors.update(_INT_KEY_MAJORS)
+    return frozenset(majors)
 
 
 def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
@@ -67,8 +67,9 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
             expected=limits.max_bytes,
             found=size,
         )
-    max_items, max_depth, key_types = limits.max_items, limits.max_depth, limits.key_types
-    # per open container: items left (-1: indefinite, ends at a break), items seen, is a map
+    max_items, max_depth = limits.max_items, limits.max_depth
+    key_majors = _key_majors(limits.key_types)
+    # per open container: items left (-1: indefinite, ends at a break); items seen; is a map
     left: list[int] = []
     seen: list[int] = []
     is_map: list[bool] = []
@@ -78,15 +79,21 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
             raise MalformedError(f"{what} is not valid CBOR: truncated at byte {pos}")
         head = data[pos]
         pos += 1
-        major, info = head >> 5, head & 31
+        major = head >> 5
+        info = head & 31
         if head == 0xFF:  # break: ends the innermost indefinite container
-            if not left or left[-1] != -1 or (is_map[-1] and seen[-1] % 2):
+            if not left or left[-1] != -1 or (is_map[-1] and seen[-1] & 1):
                 raise MalformedError(f"{what} is not valid CBOR: unexpected break at {pos - 1}")
             left[-1] = 0
         else:
             if info < 24:
                 arg = info
-            elif info in _ARG_BYTES:
+            elif info == 24:
+                if pos >= size:
+                    raise MalformedError(f"{what} is not valid CBOR: truncated at byte {pos}")
+                arg = data[pos]
+                pos += 1
+            elif info < 28:
                 width = _ARG_BYTES[info]
                 if pos + width > size:
                     raise MalformedError(f"{what} is not valid CBOR: truncated at byte {pos}")
@@ -106,10 +113,11 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
                     expected=max_items,
                     found=items,
                 )
-            if left and is_map[-1] and seen[-1] % 2 == 0 and not _key_ok(major, arg, key_types):
+            is_key = left and is_map[-1] and not seen[-1] & 1
+            if is_key and (major not in key_majors or (major < 2 and arg >= SMALL_INT_KEY)):
                 raise MalformedError(
                     f"{what} has a map key of CBOR major type {major}; keys must be "
-                    f"{', '.join(sorted(key_types))}"
+                    f"{', '.join(sorted(limits.key_types))}"
                 )
             if major == 2 or major == 3:
                 pos += arg
@@ -138,23 +146,17 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
                 raise MalformedError(
                     f"{what} is not valid CBOR: CBOR tag {arg} is not allowed here"
                 )
-            elif major == 7 and info == 24 and arg < 32:
-                raise MalformedError(f"{what} is not valid CBOR: invalid simple value {arg}")
         # one item complete: close every container it completes
         while left:
-            if left[-1] == 0:  # a break closed it
+            n = left[-1]
+            if n == 1 or n == 0:  # its last item, or a break closed it
                 left.pop()
                 seen.pop()
                 is_map.pop()
                 continue
             seen[-1] += 1
-            if left[-1] > 0:
-                left[-1] -= 1
-                if left[-1] == 0:
-                    left.pop()
-                    seen.pop()
-                    is_map.pop()
-                    continue
+            if n > 0:
+                left[-1] = n - 1
             break
         if not left:
             break
@@ -168,17 +170,68 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
 
 def decode_strict(data: bytes, what: str, limits: CborLimits = DOCUMENT_LIMITS) -> Any:
     """Decode exactly one CBOR item spanning all of ``data`` within ``limits``; raise
-    MalformedError otherwise (duplicate keys included)."""
+    MalformedError otherwise (duplicate keys included).
+
+    The head walk (:func:`check_structure`) is skipped only where it cannot find anything
+    cbor2 would not refuse itself: keys limited to text/byte strings (cbor2's
+    ``strict_hashable_types``) and an input no longer than ``max_items`` bytes (it cannot hold
+    more items than bytes). That keeps small frames and envelopes at C speed."""
     if not isinstance(data, bytes):
         data = bytes(data)
-    check_structure(data, limits, what)
+    text_keys = limits.key_types <= _STRING_KEYS
+    if not text_keys or len(data) > min(limits.max_items, limits.max_bytes):
+        check_structure(data, limits, what)
+    stream = io.BytesIO(data)
     try:
-        decoder = cbor2.CBORDecoder(
-            io.BytesIO(data),
+        value = cbor2.CBORDecoder(
+            stream,
+            semantic_decoders=_NO_TAGS,
+            tag_hook=_refuse_unknown_tag,
             allow_duplicate_keys=False,
-            max_depth=limits.max_depth + 1,
-        )
-        return decoder.decode()
+            strict_hashable_types=text_keys,
+            max_depth=limits.max_depth,
+        ).decode()
     except Exception as exc:  # cbor2 raises several types; none may escape (typed errors only)
-        text = (str(exc) or type(exc).__name__)[:200]
-        raise MalformedError(f"{what} is not valid CBOR: {text}") from None
+        raise MalformedError(f"{what} is not valid CBOR: {_reason(exc)}") from None
+    end = stream.tell()
+    if end != len(data):
+        raise MalformedError(
+            f"{what} has {len(data) - end} trailing byte(s) after the CBOR item",
+            expected=len(data),
+            found=end,
+        )
+    return value
+
+
+_STRING_KEYS = frozenset({KEY_TEXT, KEY_BYTES})
+
+# Tags cbor2 would interpret on its own; any other tag reaches _refuse_unknown_tag.
+_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 100, 256, 258, 260, 261, 1004)
+_SELF_DESCRIBE_TAG = 55799
+
+
+class _TagRefused(Exception):
+    pass
+
+
+def _refuser(tag: int) -> Any:
+    def refuse(*_args: Any) -> Any:
+        raise _TagRefused(f"CBOR tag {tag} is not allowed here")
+
+    return refuse
+
+
+def _refuse_unknown_tag(*args: Any) -> Any:
+    number = next((a.tag for a in args if isinstance(a, cbor2.CBORTag)), "?")
+    raise _TagRefused(f"CBOR tag {number} is not allowed here")
+
+
+_NO_TAGS = {t: _refuser(t) for t in (*_BUILTIN_TAGS, _SELF_DESCRIBE_TAG)}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, _TagRefused):
+        text = str(cause)
+    return text[:200]
