@@ -1,10 +1,11 @@
 """The toolkit's one strict CBOR decoder, for every byte string from outside a trust boundary.
 
-cbor2 builds the values; before it runs, a linear scan of the item heads enforces the
-:class:`CborLimits` (size, nesting depth, total item count, map key types) and refuses every
-semantic tag (bignums, shared references, dates...) and indefinite lengths. cbor2 then refuses
-duplicate map keys. Nothing reaches a Python dict that could make insertion quadratic: keys are
-text, byte strings (hashed with a secret seed) or integers whose hashes are all distinct.
+cbor2 builds the values; before it runs, a linear walk over the item heads enforces the
+:class:`CborLimits` (size, nesting depth, total item count, map key kinds) and refuses every
+semantic tag (bignums, shared references, dates...); cbor2 then refuses duplicate map keys
+(and tags, and non-string keys where only strings are allowed, in C). Nothing reaches a Python
+dict that could make insertion quadratic: keys are text or byte strings (hashed with a secret
+seed) or integers below 2**32, whose hashes are all distinct.
 Every failure is a :class:`~attestation.errors.MalformedError`; callers re-code it.
 """
 
@@ -56,9 +57,31 @@ def _key_majors(key_types: frozenset[str]) -> frozenset[int]:
     return frozenset(majors)
 
 
+def _skip_chunks(data: bytes, pos: int, major: int, what: str) -> int:
+    """Position after the chunks and break of an indefinite string (definite chunks of the
+    same major type only, as RFC 8949 §3.2.3 requires)."""
+    size = len(data)
+    while pos < size:
+        head = data[pos]
+        pos += 1
+        if head == 0xFF:
+            return pos
+        info = head & 31
+        if head >> 5 != major or info > 27:
+            raise MalformedError(f"{what} is not valid CBOR: bad chunk in an indefinite string")
+        if info < 24:
+            length = info
+        else:
+            width = _ARG_BYTES[info]
+            length = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        pos += length
+    raise MalformedError(f"{what} is not valid CBOR: an indefinite string runs past the end")
+
+
 def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
     """Walk the item heads of ``data`` (one item, nothing after it); raise MalformedError
-    on any limit, tag, indefinite length, reserved head or disallowed key kind. Linear in
+    on any limit, tag, reserved head or disallowed key kind. Linear in
     the number of items, which ``max_items`` bounds; allocates nothing per item."""
     size = len(data)
     if size > limits.max_bytes:
@@ -101,11 +124,11 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
                 pos += width
             elif info == 31 and (major == 4 or major == 5):
                 arg = -1
+            elif info == 31 and (major == 2 or major == 3):
+                pos = _skip_chunks(data, pos, major, what)  # an indefinite string
+                arg = 0
             else:
-                raise MalformedError(
-                    f"{what} is not valid CBOR: head 0x{head:02x} (reserved, or an indefinite "
-                    f"string) is refused"
-                )
+                raise MalformedError(f"{what} is not valid CBOR: reserved head 0x{head:02x}")
             items += 1
             if items > max_items:
                 raise MalformedError(

@@ -47,7 +47,7 @@ FRAME_CBOR = CborLimits(
     key_types=frozenset({KEY_TEXT, KEY_BYTES}),
 )
 """Every payload is decoded by attestation's strict decoder within these limits: no tags, no
-indefinite lengths, no duplicate keys, text/byte-string keys (ProtocolLimits.strict_map_keys)."""
+duplicate keys, text/byte-string keys (ProtocolLimits.strict_map_keys)."""
 LOOSE_FRAME_CBOR = replace(FRAME_CBOR, key_types=frozenset({KEY_TEXT, KEY_BYTES, KEY_INT}))
 """The same with small-integer keys allowed too (strict_map_keys=False)."""
 
