@@ -28,7 +28,7 @@ LOG_EVERY_S = 10.0
 class ConnectionLimits:
     max_connections: int = 4096
     """Open HTTP connections at once, all peers together (also bounded by RLIMIT_NOFILE)."""
-    max_per_peer: int = 256
+    max_per_peer: int = 2048
     """Open HTTP connections from one peer address."""
     fd_reserve: int = 128
     """File descriptors kept free for the enclave pool, logs and accepting."""
