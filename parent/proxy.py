@@ -61,7 +61,7 @@ DEFAULT_ENCLAVE_PORT = 5000
 EXIT_USAGE = 2
 EXIT_LISTEN = 5
 SHUTDOWN_TIMEOUT_S = 5.0
-LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (bursts of clients)
+LISTEN_BACKLOG = 128  # connections the kernel queues before accept (asyncio default)
 
 log = logging.getLogger("parent.proxy")
 
