@@ -92,30 +92,26 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
         )
     max_items, max_depth = limits.max_items, limits.max_depth
     key_majors = _key_majors(limits.key_types)
-    # per open container: items left (-1: indefinite, ends at a break); items seen; is a map
-    left: list[int] = []
-    seen: list[int] = []
-    is_map: list[bool] = []
+    # The open container: items left in it (-1: indefinite, ends at a break), whether it is a
+    # map, and the parity of the items seen (a map key comes at even positions). Outer open
+    # containers wait on the stack.
+    left, in_map, odd = 1, False, False  # a virtual array holding the one top-level item
+    stack: list[tuple[int, bool, bool]] = []
     pos = items = 0
     while True:
         if pos >= size:
             raise MalformedError(f"{what} is not valid CBOR: truncated at byte {pos}")
         head = data[pos]
         pos += 1
-        major = head >> 5
-        info = head & 31
-        if head == 0xFF:  # break: ends the innermost indefinite container
-            if not left or left[-1] != -1 or (is_map[-1] and seen[-1] & 1):
+        if head == 0xFF:  # break: ends the open indefinite container
+            if left != -1 or (in_map and odd):
                 raise MalformedError(f"{what} is not valid CBOR: unexpected break at {pos - 1}")
-            left[-1] = 0
+            left = 0
         else:
+            major = head >> 5
+            info = head & 31
             if info < 24:
                 arg = info
-            elif info == 24:
-                if pos >= size:
-                    raise MalformedError(f"{what} is not valid CBOR: truncated at byte {pos}")
-                arg = data[pos]
-                pos += 1
             elif info < 28:
                 width = _ARG_BYTES[info]
                 if pos + width > size:
@@ -136,8 +132,9 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
                     expected=max_items,
                     found=items,
                 )
-            is_key = left and is_map[-1] and not seen[-1] & 1
-            if is_key and (major not in key_majors or (major < 2 and arg >= SMALL_INT_KEY)):
+            if in_map and not odd and (
+                major not in key_majors or (major < 2 and arg >= SMALL_INT_KEY)
+            ):
                 raise MalformedError(
                     f"{what} has a map key of CBOR major type {major}; keys must be "
                     f"{', '.join(sorted(limits.key_types))}"
@@ -149,11 +146,11 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
             elif major == 4 or major == 5:
                 count = arg * 2 if major == 5 and arg > 0 else arg
                 if count:
-                    if len(left) >= max_depth:
+                    if len(stack) >= max_depth:
                         raise MalformedError(
                             f"{what} CBOR nests deeper than {max_depth} (max_depth)",
                             expected=max_depth,
-                            found=len(left) + 1,
+                            found=len(stack) + 1,
                         )
                     if count > max_items:  # cheaper than counting up to it
                         raise MalformedError(
@@ -161,27 +158,25 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
                             expected=max_items,
                             found=count,
                         )
-                    left.append(count)
-                    seen.append(0)
-                    is_map.append(major == 5)
+                    stack.append((left, in_map, odd))
+                    left, in_map, odd = count, major == 5, False
                     continue
             elif major == 6:
                 raise MalformedError(
                     f"{what} is not valid CBOR: CBOR tag {arg} is not allowed here"
                 )
-        # one item complete: close every container it completes
-        while left:
-            n = left[-1]
-            if n == 1 or n == 0:  # its last item, or a break closed it
-                left.pop()
-                seen.pop()
-                is_map.pop()
+        # one item complete (or a break): close every container it completes
+        while True:
+            if left == 0 or left == 1:  # a break closed it, or that was its last item
+                if not stack:
+                    break
+                left, in_map, odd = stack.pop()
                 continue
-            seen[-1] += 1
-            if n > 0:
-                left[-1] = n - 1
+            odd = not odd
+            if left > 0:
+                left -= 1
             break
-        if not left:
+        if left <= 1 and not stack:
             break
     if pos != size:
         raise MalformedError(
