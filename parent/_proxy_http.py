@@ -59,6 +59,7 @@ STATUS_FOR_CODE: Mapping[str, int] = {
     "kms-access-denied": 403,
     "credentials-unavailable": 503,
     "busy": 503,
+    "clock-drift": 503,
     "deadline-exceeded": 504,
     "timeout": 504,
     "internal": 500,
