@@ -11,19 +11,22 @@ encode/parse functions. Every failure is a ``FrameError`` with a stable code.
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cbor2
+
+from attestation._cbor import KEY_BYTES, KEY_INT, KEY_TEXT, CborLimits, decode_strict
+from attestation.errors import MalformedError
 
 from ._protocol_base import (
     CODE_PATTERN,
     MAX_CODE_LENGTH,
     MAX_OP_LENGTH,
     MAX_REQUEST_ID,
+    MAX_U32,
     PROTOCOL_VERSION,
     FrameError,
     clip,
@@ -33,34 +36,20 @@ MAGIC = b"NE"
 FLAGS_NONE = 0
 HEADER = struct.Struct(">2sBBI")
 HEADER_SIZE = HEADER.size  # 8
-CBOR_MAX_DEPTH = 64  # nesting of arrays/maps/tags in one payload
+CBOR_MAX_DEPTH = 64  # nesting of arrays/maps in one payload
+MAX_FRAME_ITEMS = 1 << 17  # CBOR data items in one payload (keys and values count)
 JOIN_BELOW = 64 * 1024  # frames smaller than this are sent as one buffer (header + payload)
 
-# Semantic tags cbor2 would decode into objects a peer should not be able to create:
-# cyclic structures (28/29), string references (25/256), compiled regexes (35), parsed MIME
-# messages (36). Payloads carrying them are refused as bad-cbor.
-_REFUSED_TAGS = {
-    25: "string reference",
-    28: "shareable value",
-    29: "shared reference",
-    35: "regular expression",
-    36: "MIME message",
-    256: "string-reference namespace",
-}
-
-
-class _RefusedTag(Exception):
-    pass
-
-
-def _refuse(tag: int) -> Any:
-    def decode(_value: Any, _immutable: bool) -> Any:
-        raise _RefusedTag(f"CBOR tag {tag} ({_REFUSED_TAGS[tag]}) is not accepted")
-
-    return decode
-
-
-_SEMANTIC = {tag: _refuse(tag) for tag in _REFUSED_TAGS}
+FRAME_CBOR = CborLimits(
+    max_bytes=MAX_U32,  # the frame header's max_frame bounds the size
+    max_depth=CBOR_MAX_DEPTH,
+    max_items=MAX_FRAME_ITEMS,
+    key_types=frozenset({KEY_TEXT, KEY_BYTES}),
+)
+"""Every payload is decoded by attestation's strict decoder within these limits: no tags, no
+duplicate keys, text/byte-string keys (ProtocolLimits.strict_map_keys)."""
+LOOSE_FRAME_CBOR = replace(FRAME_CBOR, key_types=frozenset({KEY_TEXT, KEY_BYTES, KEY_INT}))
+"""The same with small-integer keys allowed too (strict_map_keys=False)."""
 
 
 def _header_problem(prefix: bytes, max_frame: int) -> FrameError | None:
@@ -196,23 +185,36 @@ class FrameDecoder:
 
 def decode_cbor(payload: bytes, *, strict_keys: bool = True) -> Any:
     """The one CBOR item that is ``payload``; FrameError(bad-cbor) for anything else."""
-    stream = io.BytesIO(payload)
     try:
-        item = cbor2.CBORDecoder(
-            stream,
-            max_depth=CBOR_MAX_DEPTH,
-            strict_hashable_types=strict_keys,
-            allow_duplicate_keys=False,
-            semantic_decoders=_SEMANTIC,
-        ).decode()
-    except Exception as exc:  # cbor2 raises CBORDecodeError, and occasionally others
-        cause = exc.__cause__ if isinstance(exc.__cause__, _RefusedTag) else exc
-        reason = str(cause) or type(cause).__name__
-        raise FrameError("bad-cbor", clip(f"payload is not valid CBOR: {reason}", 300)) from None
-    extra = len(payload) - stream.tell()
-    if extra:
-        raise FrameError("bad-cbor", f"{extra} byte(s) after the CBOR item (one item per frame)")
-    return item
+        return decode_strict(payload, "payload", FRAME_CBOR if strict_keys else LOOSE_FRAME_CBOR)
+    except MalformedError as exc:
+        raise FrameError("bad-cbor", clip(exc.message, 300)) from None
+
+
+_ID_KEY = b"\x62id"  # the text string "id" (encode_request always writes it first)
+
+
+def peek_request_id(payload: bytes) -> int | None:
+    """The id of a request payload that did not decode, when its head still shows one:
+    a definite map whose first key is "id" and whose first value an unsigned integer.
+    Lets the server answer a bad frame on its request instead of dropping the connection."""
+    if not payload or payload[0] >> 5 != 5:
+        return None
+    info = payload[0] & 31
+    pos = 1 + {24: 1, 25: 2, 26: 4, 27: 8}.get(info, 0 if info < 24 else 99)
+    if payload[pos : pos + 3] != _ID_KEY or len(payload) <= pos + 3:
+        return None
+    pos += 3
+    head = payload[pos]
+    if head >> 5 != 0:
+        return None
+    info = head & 31
+    if info < 24:
+        return info
+    width = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    if width is None or len(payload) < pos + 1 + width:
+        return None
+    return int.from_bytes(payload[pos + 1 : pos + 1 + width], "big")
 
 
 def bad_key_type(value: Any) -> str | None:

@@ -10,17 +10,26 @@ the two cannot drift apart.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import cbor2
+
+from attestation._cbor import KEY_TEXT, CborLimits, decode_strict
+from attestation.errors import MalformedError
 
 NSM_REQUEST_MAX_SIZE = 0x1000
 """Largest request the kernel driver accepts (``NSM_REQUEST_MAX_SIZE``); larger → EMSGSIZE."""
 NSM_RESPONSE_MAX_SIZE = 0x3000
 """Response buffer size of the driver (``NSM_RESPONSE_MAX_SIZE``)."""
 MAX_CBOR_DEPTH = 8
+NSM_CBOR = CborLimits(
+    max_bytes=NSM_RESPONSE_MAX_SIZE,
+    max_depth=MAX_CBOR_DEPTH,
+    max_items=4096,
+    key_types=frozenset({KEY_TEXT}),
+)
+"""Bounds of every NSM request and reply decoded (the driver's buffers are at most 12 KiB)."""
 """Nesting depth allowed when decoding a message (the deepest real message has depth 3)."""
 U16_MAX = 0xFFFF
 
@@ -387,15 +396,11 @@ def encode_response(response: Response | ErrorResponse) -> bytes:
 
 
 def _load_cbor(data: bytes) -> Any:
-    """Exactly one CBOR item, bounded depth, no duplicate keys; raises _Bad otherwise."""
-    fp = io.BytesIO(data)
+    """Exactly one CBOR item within NSM_CBOR (attestation's strict decoder); raises _Bad."""
     try:
-        value = cbor2.CBORDecoder(fp, max_depth=MAX_CBOR_DEPTH, allow_duplicate_keys=False).decode()
-    except Exception as e:  # cbor2 raises several types (CBORDecodeError, ValueError, ...)
-        raise _Bad(f"not CBOR ({type(e).__name__})") from None
-    if fp.tell() != len(data):
-        raise _Bad(f"{len(data) - fp.tell()} bytes after the CBOR item")
-    return value
+        return decode_strict(data, "NSM message", NSM_CBOR)
+    except MalformedError as e:
+        raise _Bad(f"not CBOR ({e.message})") from None
 
 
 def _variant(value: Any) -> tuple[str, Any, bool]:

@@ -21,7 +21,8 @@ ERROR_CODES: dict[str, str] = {
     "bad-frame": "bad magic, version or flags in a frame header",
     "frame-too-large": "a frame's declared length is over max_frame",
     "truncated": "the connection ended in the middle of a frame",
-    "bad-cbor": "a payload is not exactly one well-formed CBOR item within the decoding rules",
+    "bad-cbor": "a payload is not exactly one well-formed CBOR item within the decoding rules "
+    "(request-level when the payload's head still shows its id)",
     "bad-message": "a payload is CBOR but not a map with a valid id",
     "read-timeout": "a started frame was not completed within read_timeout",
     "idle-timeout": "no request for idle_timeout seconds",

@@ -2,7 +2,9 @@
 
 Requests run concurrently (up to ``max_in_flight``; beyond it nothing more is read, so the
 peer's sends block) and are answered in completion order. A connection-level error gets one
-error frame with ``"id": null`` and closes this connection only.
+error frame with ``"id": null`` and closes this connection only; a payload that is not valid
+CBOR but whose head still names its request id is answered on that id (``bad-cbor``) and the
+connection, which other requests may share, stays open.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ._framing import (
     encode_response,
     frame,
     parse_request,
+    peek_request_id,
 )
 from ._protocol_base import CODE_PATTERN, HandlerError, ProtocolLimits
 
@@ -135,9 +138,14 @@ class ServerConnection:
         try:
             request = parse_request(decode_cbor(payload, strict_keys=strict))
         except FrameError as exc:
-            if exc.request_id is None:
+            rid = exc.request_id
+            if rid is None and exc.code == "bad-cbor":
+                rid = peek_request_id(payload)  # the frame is delimited: answer just this one
+                if rid is not None and rid in self._ids:
+                    rid = None
+            if rid is None:
                 raise
-            self._send(encode_error(exc.request_id, exc.code, exc.message))
+            self._send(encode_error(rid, exc.code, exc.message))
             return
         if request.id in self._ids:
             self._send(

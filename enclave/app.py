@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .clock import ClockError, EnclaveClock
 from .e2e import E2EError, EnclaveE2EKey
 from .protocol import HandlerError
 from .sealed import SealedStore
@@ -172,13 +173,15 @@ class App:
         e2e_key: EnclaveE2EKey | None = None,
         user_data: bytes | None = None,
         builtins: bool = True,
+        clock: EnclaveClock | None = None,
     ) -> None:
         self.name = name
         self.version = version
         self.limits = limits or AppLimits()
         self.user_data = app_user_data(name, version) if user_data is None else user_data
         self.secrets = secrets or SealedStore()
-        self.e2e_key = e2e_key or EnclaveE2EKey()
+        self.clock = clock or EnclaveClock()  # corrected by the parent's time, within bounds
+        self.e2e_key = e2e_key or EnclaveE2EKey(clock=self.clock.now)
         self._nsm = nsm
         self._kms = kms
         self._credentials = credentials
@@ -286,6 +289,7 @@ class App:
         try:
             async with deadline:
                 if op.limited:
+                    self._check_clock()
                     await self._acquire_slot()
                 self.in_flight += 1
                 try:
@@ -323,6 +327,12 @@ class App:
                 ms=round((loop.time() - start) * 1000, 2),
             )
 
+    def _check_clock(self) -> None:
+        try:
+            self.clock.check()
+        except ClockError as exc:
+            raise HandlerError(exc.code, exc.message) from None
+
     def _slot_semaphore(self) -> asyncio.Semaphore:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limits.max_concurrent)
@@ -339,8 +349,9 @@ class App:
 
     async def dispatch_sealed(self, sealed: bytes) -> bytes:
         """Open an end-to-end request, run it, seal the answer (errors sealed too)."""
-        try:
-            request = self.e2e_key.open_request(sealed)
+        loop = asyncio.get_running_loop()
+        try:  # decode + HPKE of up to 1 MiB of untrusted bytes: off the event loop
+            request = await loop.run_in_executor(self.executor, self.e2e_key.open_request, sealed)
         except E2EError as exc:  # nothing to seal to: answer in the clear, no detail leaks
             raise HandlerError(exc.code, exc.message) from None
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,7 +35,8 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from attestation.errors import CodedError
+from attestation._cbor import KEY_BYTES, KEY_INT, KEY_TEXT, CborLimits, decode_strict
+from attestation.errors import CodedError, MalformedError
 
 VERSION = 1
 SUITE_NAME = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
@@ -45,6 +47,20 @@ REQUEST_ID_LEN = 16
 REPLY_IV_LEN = 12
 MAX_NONCE_LEN = 512
 MAX_SEALED_LEN = 1 << 20
+MAX_FUTURE_SKEW_S = 5.0
+"""A request may be dated at most this far after the enclave clock (client clocks run ahead)."""
+
+ENVELOPE_CBOR = CborLimits(
+    max_bytes=MAX_SEALED_LEN, max_depth=1, max_items=16, key_types=frozenset({KEY_TEXT})
+)
+"""A sealed request or reply: one flat map of text keys (decoded before any authentication)."""
+PLAINTEXT_CBOR = CborLimits(
+    max_bytes=MAX_SEALED_LEN,
+    max_depth=32,
+    max_items=65_536,
+    key_types=frozenset({KEY_TEXT, KEY_BYTES, KEY_INT}),
+)
+"""A request or reply plaintext (the app's body inside): text, byte-string or small-int keys."""
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
@@ -59,8 +75,9 @@ class E2EError(CodedError):
 class E2ELimits:
     """Bounds of the enclave side of the end-to-end channel."""
 
-    replay_window_s: float = 300.0  # accepted |enclave clock - request ts|
-    replay_cache_entries: int = 65_536  # request ids remembered (bounded memory)
+    replay_window_s: float = 300.0  # a request may be dated this far before the enclave clock
+    max_future_skew_s: float = MAX_FUTURE_SKEW_S  # ... and this far after it
+    replay_cache_entries: int = 131_072  # request ids remembered (bounded memory)
     max_sealed_len: int = MAX_SEALED_LEN
     max_nonce_len: int = MAX_NONCE_LEN
 
@@ -79,11 +96,11 @@ def reply_aad(request_id: bytes) -> bytes:
     return REPLY_LABEL + b"\x00" + request_id
 
 
-def _loads_map(data: bytes, what: str) -> dict:
+def _loads_map(data: bytes, what: str, limits: CborLimits) -> dict:
     try:
-        value = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types; all mean "not CBOR"
-        raise E2EError("e2e-malformed", f"{what} is not valid CBOR") from exc
+        value = decode_strict(data, what, limits)
+    except MalformedError as exc:
+        raise E2EError("e2e-malformed", exc.message) from None
     if not isinstance(value, dict):
         raise E2EError("e2e-malformed", f"{what} must be a CBOR map")
     return value
@@ -121,7 +138,7 @@ class ReplyOpener:
         """Decrypt a sealed reply -> ``{"ok": True, "result"}`` or ``{"ok": False, "error"}``."""
         if not isinstance(sealed_reply, bytes | bytearray) or len(sealed_reply) > MAX_SEALED_LEN:
             raise E2EError("e2e-malformed", "sealed reply must be bytes within MAX_SEALED_LEN")
-        m = _loads_map(bytes(sealed_reply), "sealed reply")
+        m = _loads_map(bytes(sealed_reply), "sealed reply", ENVELOPE_CBOR)
         if m.get("v") != VERSION:
             raise E2EError("e2e-version", f"sealed reply version {m.get('v')!r} not supported")
         iv = _field(m, "iv", bytes, "sealed reply")
@@ -132,7 +149,7 @@ class ReplyOpener:
             plain = AESGCM(self.response_key).decrypt(iv, ct, reply_aad(self.request_id))
         except InvalidTag as exc:
             raise E2EError("e2e-decrypt-failed", "sealed reply failed authentication") from exc
-        reply = _loads_map(plain, "reply")
+        reply = _loads_map(plain, "reply", PLAINTEXT_CBOR)
         if not isinstance(reply.get("ok"), bool):
             raise E2EError("e2e-malformed", "reply lacks a boolean 'ok'")
         return reply
@@ -204,30 +221,45 @@ class OpenedRequest:
 class _ReplayGuard:
     """Remembers recent request ids; refuses repeats and timestamps outside the window.
 
-    Memory is bounded: when full, the oldest id is evicted and every request not newer than
-    it is refused from then on (so eviction never re-opens a replay).
+    A request is accepted when ``now - window <= ts <= now + future_skew`` and its id is new.
+    Memory is bounded: when full, the entry that *arrived* first is forgotten and every request
+    dated at or before it is refused from then on (so eviction never re-opens a replay). As an
+    accepted ts is at most its arrival time plus ``future_skew``, this floor never passes the
+    clock by more than the skew: a burst of forged requests, however dated, cannot lock out
+    honest clients once it stops; while it runs, refusing one needs ``capacity`` openings
+    within ``future_skew`` plus its latency (docs/security.md). Thread-safe (opens run on
+    worker threads).
     """
 
-    def __init__(self, window_ms: int, capacity: int) -> None:
+    def __init__(self, window_ms: int, capacity: int, future_skew_ms: int) -> None:
         self._window_ms = window_ms
+        self._future_ms = future_skew_ms
         self._capacity = capacity
-        self._seen: OrderedDict[bytes, int] = OrderedDict()  # id -> ts, in insertion order
+        self._seen: OrderedDict[bytes, int] = OrderedDict()  # id -> ts, in arrival order
         self._floor_ts = -1
+        self._lock = threading.Lock()
 
     def check_and_add(self, request_id: bytes, ts: int, now_ms: int) -> None:
-        if abs(now_ms - ts) > self._window_ms:
-            raise E2EError("e2e-stale", "request timestamp outside the replay window")
-        self._expire(now_ms)
-        if ts <= self._floor_ts:
-            raise E2EError("e2e-stale", "request older than the replay guard remembers")
-        if request_id in self._seen:
-            raise E2EError("e2e-replay", "request id already used")
-        self._seen[request_id] = ts
-        while len(self._seen) > self._capacity:
-            _, old_ts = self._seen.popitem(last=False)
-            self._floor_ts = max(self._floor_ts, old_ts)
+        if ts < now_ms - self._window_ms:
+            raise E2EError("e2e-stale", "request timestamp is older than the replay window")
+        if ts > now_ms + self._future_ms:
+            raise E2EError(
+                "e2e-stale",
+                f"request timestamp is more than {self._future_ms} ms ahead of the enclave clock",
+            )
+        with self._lock:
+            self._expire(now_ms)
+            if ts <= self._floor_ts:
+                raise E2EError("e2e-stale", "request older than the replay guard remembers")
+            if request_id in self._seen:
+                raise E2EError("e2e-replay", "request id already used")
+            self._seen[request_id] = ts
+            while len(self._seen) > self._capacity:
+                _, old_ts = self._seen.popitem(last=False)
+                self._floor_ts = max(self._floor_ts, old_ts)
 
     def _expire(self, now_ms: int) -> None:
+        """Forget ids that arrived long enough ago that their ts is out of the window."""
         limit = now_ms - self._window_ms
         while self._seen:
             rid, ts = next(iter(self._seen.items()))
@@ -256,7 +288,9 @@ class EnclaveE2EKey:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self._guard = _ReplayGuard(
-            int(self.limits.replay_window_s * 1000), self.limits.replay_cache_entries
+            int(self.limits.replay_window_s * 1000),
+            self.limits.replay_cache_entries,
+            int(self.limits.max_future_skew_s * 1000),
         )
 
     def open_request(self, sealed: bytes) -> OpenedRequest:
@@ -265,7 +299,7 @@ class EnclaveE2EKey:
             raise E2EError("e2e-malformed", "sealed request must be bytes")
         if len(sealed) > self.limits.max_sealed_len:
             raise E2EError("e2e-too-large", "sealed request exceeds the size limit")
-        m = _loads_map(bytes(sealed), "sealed request")
+        m = _loads_map(bytes(sealed), "sealed request", ENVELOPE_CBOR)
         if m.get("v") != VERSION:
             raise E2EError("e2e-version", f"sealed request version {m.get('v')!r} not supported")
         nonce = _field(m, "nonce", bytes, "sealed request")
@@ -279,7 +313,7 @@ class EnclaveE2EKey:
                 "e2e-decrypt-failed",
                 "sealed request could not be opened (sealed to another enclave key?)",
             ) from exc
-        inner = _loads_map(plain, "request")
+        inner = _loads_map(plain, "request", PLAINTEXT_CBOR)
         op = _field(inner, "op", str, "request")
         rk = _field(inner, "rk", bytes, "request")
         rid = _field(inner, "id", bytes, "request")

@@ -48,6 +48,7 @@ STATUS_FOR_CODE: Mapping[str, int] = {
     "e2e-stale": 400,
     "e2e-replay": 400,
     "e2e-too-large": 413,
+    "bad-cbor": 400,
     "frame-too-large": 413,
     "response-too-large": 502,
     "bad-response": 502,
@@ -58,6 +59,7 @@ STATUS_FOR_CODE: Mapping[str, int] = {
     "kms-access-denied": 403,
     "credentials-unavailable": 503,
     "busy": 503,
+    "clock-drift": 503,
     "deadline-exceeded": 504,
     "timeout": 504,
     "internal": 500,
@@ -76,6 +78,8 @@ class HttpLimits:
     max_in_flight: int = 1024  # requests being forwarded at once
     max_waiting: int = 2048  # more requests wait for a slot; beyond: 503 at once
     queue_timeout_s: float = 5.0  # how long one waits for a slot
+    max_json_depth: int = MAX_JSON_DEPTH  # nesting of a request body (the enclave allows 64)
+    max_json_items: int = 65_536  # values in a request body (the enclave's frame allows 2**17)
 
 
 class ProxyError(CodedError):
@@ -115,6 +119,25 @@ def to_json(value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def json_shape_problem(value: Any, max_depth: int, max_items: int) -> str | None:
+    """Why a decoded JSON body is over the depth or item limits, or None (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    items = 0
+    while stack:
+        item, depth = stack.pop()
+        items += 1
+        if items > max_items:
+            return f"the body has more than {max_items} values (max_json_items)"
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return f"the body nests deeper than {max_depth} (max_json_depth)"
+            children = item.values() if isinstance(item, dict) else item
+            if len(children) + items > max_items:
+                return f"the body has more than {max_items} values (max_json_items)"
+            stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def b64_field(body: Mapping[str, Any], name: str) -> bytes:
@@ -215,6 +238,9 @@ class ProxyHandlers:
             raise ProxyError(400, "bad-json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "bad-json", "the body must be a JSON object")
+        problem = json_shape_problem(body, self.limits.max_json_depth, self.limits.max_json_items)
+        if problem:  # refused here, not by the enclave, so no shared connection is involved
+            raise ProxyError(400, "bad-json", problem)
         return body
 
     async def forward(self, op: str, body: Any) -> Any:
@@ -252,7 +278,7 @@ class ProxyHandlers:
             return web.json_response(out, status=503, headers={REQUEST_ID_HEADER: rid})
         out["enclave"] = "ok"
         if isinstance(answer, dict):
-            for key in ("app", "version", "uptime_s", "credentials"):
+            for key in ("app", "version", "uptime_s", "credentials", "clock"):
                 if key in answer:
                     out[key] = answer[key]
         return web.json_response(out, headers={REQUEST_ID_HEADER: rid})

@@ -15,8 +15,12 @@ random nonce, verifies it with :func:`attestation.verify` — chain to the pinne
 ``roots``), the caller's :class:`~attestation.Policy`, then the nonce and the freshness bound
 here — and keeps the enclave's HPKE public key from it. ``call_e2e`` seals each request to that
 key (``enclave.e2e``); the proxy relays ciphertext; only this client can open the reply. If
-the enclave restarted (new key), the sealed request is refused unopened and the client
-re-attests once and retries. ``call`` is the plain (not end-to-end) route ``POST /v1/<op>``.
+the proxy says the sealed request could not be opened, the client re-attests and re-sends it
+only when the enclave's key changed (a restarted enclave can never have run a request sealed
+to its predecessor); that answer is unauthenticated, so with an unchanged key the request is
+never re-sent (it may have run). The policy must pin the enclave's code (PCR0/ImageSha384 or
+PCR8, or an ``any_of`` whose every set does), unless ``unsafe_allow_unpinned_code=True``.
+``call`` is the plain (not end-to-end) route ``POST /v1/<op>``.
 
 Only the standard library's ``urllib`` is used for HTTP (blocking; one client per thread is
 fine, or share one: it is thread-safe).
@@ -41,6 +45,7 @@ from cryptography import x509
 
 from attestation import AttestationDocument, AttestationError, Policy, verify
 from attestation.errors import CodedError
+from attestation.policy import AnyOfPcrs, PcrsMatch
 from enclave.e2e import E2EError, load_public_key, seal_request
 
 __all__ = [
@@ -50,10 +55,23 @@ __all__ = [
     "EnclaveClient",
     "EnclaveClientError",
     "from_b64",
+    "pins_code",
     "to_jsonable",
 ]
 
 NONCE_LEN = 32
+CODE_PCRS = frozenset({0, 8})
+"""PCRs that pin the enclave's code: PCR0 (= KMS ImageSha384) or PCR8 (the signing cert)."""
+
+
+def pins_code(policy: Policy) -> bool:
+    """True when every document ``policy`` accepts has a pinned PCR0 or PCR8."""
+    for check in policy.checks:
+        if isinstance(check, PcrsMatch) and CODE_PCRS & set(check.expected):
+            return True
+        if isinstance(check, AnyOfPcrs) and all(CODE_PCRS & set(o) for o in check.options):
+            return True
+    return False
 
 
 class EnclaveClientError(CodedError):
@@ -113,9 +131,17 @@ class EnclaveClient:
         *,
         roots: Sequence[x509.Certificate] | None = None,
         limits: ClientLimits | None = None,
+        unsafe_allow_unpinned_code: bool = False,
     ) -> None:
         if not isinstance(policy, Policy):
             raise TypeError("policy must be an attestation.Policy (name the PCRs you trust)")
+        if not pins_code(policy) and unsafe_allow_unpinned_code is not True:
+            raise EnclaveClientError(
+                "invalid-policy",
+                "the policy pins no enclave code (PCR0/image_sha384, PCR8, or an any_of whose "
+                "every set names one): a hostile parent could run any genuine enclave image and "
+                "read your requests. Pin the image, or pass unsafe_allow_unpinned_code=True",
+            )
         self.base_url = proxy_url.rstrip("/")
         self.policy = policy
         self.roots = roots
@@ -240,10 +266,17 @@ class EnclaveClient:
             try:
                 answer = self._post("/e2e", {"sealed": to_jsonable(sealed)})
             except EnclaveClientError as exc:
-                if exc.code == "e2e-decrypt-failed" and attempt == 0:
-                    self.attest()  # the enclave restarted with a new key: re-attest, retry
-                    continue
-                raise
+                if exc.code != "e2e-decrypt-failed" or attempt:
+                    raise
+                # Unauthenticated: the parent may say this after the enclave ran the request.
+                if self.attest().public_key == session.public_key:
+                    raise EnclaveClientError(
+                        exc.code,
+                        "the proxy says the enclave could not open the request, but the "
+                        "enclave's key is unchanged: not re-sent (it may have run)",
+                        status=exc.status,
+                    ) from exc
+                continue  # sealed to a key the (restarted) enclave no longer has: never ran
             reply_text = answer.get("sealed")
             if not isinstance(reply_text, str):
                 raise EnclaveClientError("bad-response", "e2e answer lacks 'sealed'")

@@ -4,7 +4,8 @@
 
 The enclave has no instance metadata service, so the parent reads credentials through boto3's
 default provider chain (IMDSv2 on EC2; environment or profile elsewhere) and sends them with
-the protocol operation ``set-credentials`` (``enclave.credentials``). It pushes again every
+the protocol operation ``set-credentials`` (``enclave.credentials``), after offering this
+host's time with ``parent-time`` (``enclave.clock``: the enclave has no NTP). It pushes again every
 ``HandoffLimits.push_interval_s``, and sooner when they come within
 ``HandoffLimits.refresh_before_expiry_s`` of expiry; when the enclave is down it retries with
 exponential backoff. The credentials are not secret from the parent (the enclave's
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attestation.errors import CodedError
+from enclave.clock import PARENT_TIME_OP
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
 from enclave.transport import TransportError, VsockAddress
 
@@ -156,6 +158,7 @@ class CredentialSender:
                 f"{getattr(exc, 'code', None) or type(exc).__name__}",
             ) from None
         try:
+            await self._offer_time(client)
             await client.request(SET_CREDENTIALS_OP, body, timeout=self.limits.request_timeout_s)
         except RemoteError as exc:
             raise HandoffError(
@@ -176,6 +179,19 @@ class CredentialSender:
         left = f"{(expiration - self._clock()).total_seconds():.0f} s" if expiration else "never"
         log.info("credentials pushed to %s (expire in %s)", self.address, left)
         return expiration
+
+    async def _offer_time(self, client: ProtocolClient) -> None:
+        """Offer this host's time (the enclave has no NTP); a refusal is logged, not fatal."""
+        time_ms = int(self._clock().timestamp() * 1000)
+        try:
+            state = await client.request(
+                PARENT_TIME_OP, {"time_ms": time_ms}, timeout=self.limits.request_timeout_s
+            )
+        except RemoteError as exc:
+            log.warning("the enclave did not take the time (%s)", exc.code)
+            return
+        if isinstance(state, dict) and state.get("ok") is False:
+            log.warning("enclave clock drift %s ms is over its limit", state.get("drift_ms"))
 
     def next_delay(self, expiration: datetime | None) -> float:
         """Seconds until the next push."""

@@ -31,18 +31,21 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from enclave.app import configure_json_logging
 from enclave.transport import TransportError, VsockAddress
 
+from ._proxy_conns import ConnectionGate, ConnectionLimits
 from ._proxy_http import HttpLimits, ProxyHandlers, request_context
 from ._proxy_pool import EnclavePool, EnclaveUnavailable, PoolLimits
 
 __all__ = [
     "DEFAULT_ENCLAVE_PORT",
     "DEFAULT_PORT",
+    "ConnectionLimits",
     "EnclavePool",
     "EnclaveUnavailable",
     "HttpLimits",
@@ -58,6 +61,7 @@ DEFAULT_ENCLAVE_PORT = 5000
 EXIT_USAGE = 2
 EXIT_LISTEN = 5
 SHUTDOWN_TIMEOUT_S = 5.0
+LISTEN_BACKLOG = 128  # connections the kernel queues before accept (asyncio default)
 
 log = logging.getLogger("parent.proxy")
 
@@ -69,6 +73,7 @@ class ProxyConfig:
     port: int = DEFAULT_PORT
     http: HttpLimits = field(default_factory=HttpLimits)
     pool: PoolLimits = field(default_factory=PoolLimits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 POOL_KEY = web.AppKey("pool", EnclavePool)
@@ -106,6 +111,27 @@ def build_app(config: ProxyConfig) -> web.Application:
     return app
 
 
+class CappedTCPSite(web.TCPSite):
+    """A TCP site whose connections pass a :class:`ConnectionGate` (global and per-peer caps)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.gate = gate
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate.wrap(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
+
+
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
     """Serve until ``stop`` is set; prints one JSON ``ready`` line with the URL."""
     app = build_app(config)
@@ -118,7 +144,10 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    gate = ConnectionGate(config.connections)
+    site = CappedTCPSite(
+        runner, config.host, config.port, gate, reuse_address=True, backlog=LISTEN_BACKLOG
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -130,7 +159,9 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
     print(json.dumps({"event": "ready", "url": url, "pid": os.getpid(),
                       "enclave": [config.enclave.cid, config.enclave.port]}), flush=True)
     log.info("listening", extra={"fields": {"url": url, "enclave_cid": config.enclave.cid,
-                                            "enclave_port": config.enclave.port}})
+                                            "enclave_port": config.enclave.port,
+                                            "max_connections": gate.max_connections,
+                                            "max_per_peer": config.connections.max_per_peer}})
     try:
         await stop.wait()
     finally:
@@ -152,6 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-size", type=int, default=PoolLimits().size,
                    help="connections to the enclave")
     p.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
+    p.add_argument("--max-connections", type=int, default=ConnectionLimits().max_connections,
+                   help="open HTTP connections, all peers (also bounded by RLIMIT_NOFILE)")
+    p.add_argument("--max-connections-per-peer", type=int,
+                   default=ConnectionLimits().max_per_peer,
+                   help="open HTTP connections from one peer address")
     p.add_argument("--max-body", type=int, default=d.max_body_bytes, help="bytes per body")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds")
     p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
@@ -171,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"proxy: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     timeouts = (args.request_timeout, args.header_timeout, args.body_timeout)
-    if min(args.pool_size, args.max_in_flight, args.max_body) < 1 or min(timeouts) <= 0:
+    counts = (args.pool_size, args.max_in_flight, args.max_body, args.max_connections,
+              args.max_connections_per_peer)
+    if min(counts) < 1 or min(timeouts) <= 0:
         print("proxy: sizes and timeouts must be positive", file=sys.stderr)
         return EXIT_USAGE
     config = ProxyConfig(
@@ -186,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             body_timeout_s=args.body_timeout,
         ),
         pool=PoolLimits(size=args.pool_size),
+        connections=ConnectionLimits(
+            max_connections=args.max_connections, max_per_peer=args.max_connections_per_peer
+        ),
     )
 
     async def run() -> int:

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -191,19 +192,22 @@ def run_demo(
         story.ok("asking for a document carrying an outside key is refused (forbidden-field)")
 
         # ---------------------------------------------------------------- 6. envelope
-        story.step("Envelope data is opened inside the enclave; only its digest comes out")
+        story.step("Envelope data is opened inside the enclave; only a MAC under our key comes out")
         data_key = AESGCM.generate_key(bit_length=256)
         document = b"quarterly numbers: confidential"
         iv = os.urandom(12)
         sealed_doc = AESGCM(data_key).encrypt(iv, document, None)
         encrypted_key = operator_kms.encrypt(KeyId=key_id, Plaintext=data_key)["CiphertextBlob"]
         del data_key
+        mac_key = os.urandom(32)  # travels sealed: the parent cannot test guesses of the data
         digest = client.call_e2e(
-            "envelope-decrypt", {"encrypted_key": encrypted_key, "iv": iv, "ciphertext": sealed_doc}
+            "envelope-decrypt",
+            {"encrypted_key": encrypted_key, "iv": iv, "ciphertext": sealed_doc,
+             "result": "hmac-sha256", "mac_key": mac_key},
         )
-        _expect(digest.get("sha256") == hashlib.sha256(document).digest(),
-                "the enclave's digest of the envelope data is wrong")
-        story.ok(f"sha256 {digest['sha256'].hex()[:24]}… over {digest['length']} bytes matches")
+        _expect(digest.get("mac") == hmac.new(mac_key, document, hashlib.sha256).digest(),
+                "the enclave's MAC of the envelope data is wrong")
+        story.ok(f"HMAC-SHA256 {digest['mac'].hex()[:24]}… over {digest['length']} bytes matches")
 
         # ---------------------------------------------------------------- 7. parent refused
         story.step("The parent tries KMS Decrypt itself with the same role credentials")

@@ -1,11 +1,13 @@
-"""Built-in operations every app has: ``health``, ``describe`` and ``e2e``."""
+"""Built-in operations every app has: ``health``, ``describe``, ``e2e`` and ``parent-time``."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..clock import PARENT_TIME_OP
 from ..e2e import SUITE_NAME
+from ..protocol import HandlerError
 from ._body import fields, get_bytes
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ def install(app: App) -> None:
             "uptime_s": round(time.monotonic() - ctx.app.started, 3),
             "in_flight": ctx.app.in_flight,
             "credentials": ctx.app.credentials.get() is not None,
+            "clock": ctx.app.clock.state(),
         }
 
     @app.operation("describe", http=False, limited=False, deadline_s=2.0)
@@ -41,3 +44,12 @@ def install(app: App) -> None:
         req = fields(body, required=("sealed",))
         sealed = get_bytes(req, "sealed", max_len=ctx.e2e_key.limits.max_sealed_len, min_len=1)
         return {"sealed": await ctx.app.dispatch_sealed(sealed)}
+
+    @app.operation(PARENT_TIME_OP, http=False, e2e=False, limited=False, deadline_s=2.0)
+    async def parent_time(ctx: Context, body: Any) -> dict:
+        """The parent's time (untrusted evidence): the enclave corrects its clock within bounds."""
+        req = fields(body, required=("time_ms",))
+        time_ms = req["time_ms"]
+        if not isinstance(time_ms, int) or isinstance(time_ms, bool) or not 0 < time_ms < 2**53:
+            raise HandlerError("bad-request", "'time_ms' must be milliseconds since the epoch")
+        return ctx.app.clock.offer(time_ms)

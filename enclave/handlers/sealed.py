@@ -2,14 +2,18 @@
 
 ``seal-load`` opens a KMS ciphertext with attested KMS and keeps the secret in the enclave's
 :class:`~enclave.sealed.SealedStore`; ``sign``, ``hmac`` and ``public-key`` use it without ever
-returning it; ``envelope-decrypt`` opens data encrypted under a KMS data key and returns only
-what a named *result function* computes from the plaintext (by default its SHA-256 and length),
-never the plaintext itself. Operations and their bodies are listed in docs/app.md.
+returning it; ``envelope-decrypt`` opens data encrypted under a KMS data key and never returns
+the plaintext. By default it returns only that the data authenticated (and its length, which the
+ciphertext shows anyway); anything computed from the plaintext — ``hmac-sha256`` under a key the
+caller sends, or an app's own *result function* — is returned only inside an end-to-end request,
+so the parent never sees a value it could test guesses of a short plaintext (a PIN) against.
+Operations and their bodies are listed in docs/app.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,15 +32,26 @@ MAX_ENVELOPE_DATA = 1 << 20  # AES-GCM ciphertext accepted by envelope-decrypt
 GCM_IV_LEN = 12
 DATA_KEY_LENGTHS = (16, 32)  # AES-128 / AES-256 data keys (GenerateDataKey KeySpec)
 
+MAC_KEY_LENGTHS = (16, 64)  # bytes of the caller's HMAC key for result "hmac-sha256"
+VERIFY_RESULT = "verify"
+HMAC_RESULT = "hmac-sha256"
+
 ResultFunction = Callable[[bytes], Any]
 
 
-def sha256_result(plaintext: bytes) -> dict:
-    """Default envelope result: the plaintext's SHA-256 and length (never the plaintext)."""
-    return {"sha256": hashlib.sha256(plaintext).digest(), "length": len(plaintext)}
+def verify_result(plaintext: bytes) -> dict:
+    """Default envelope result: the data authenticated; its length (public: the ciphertext's
+    length minus the 16-byte tag). Nothing the parent could test a guess against."""
+    return {"verified": True, "length": len(plaintext)}
 
 
-DEFAULT_RESULTS: Mapping[str, ResultFunction] = {"sha256": sha256_result}
+DEFAULT_RESULTS: Mapping[str, ResultFunction] = {VERIFY_RESULT: verify_result}
+"""Results any caller may ask for; every other result is computed only for sealed requests."""
+
+
+def hmac_result(plaintext: bytes, mac_key: bytes) -> dict:
+    """HMAC-SHA256 of the plaintext under the caller's key (sent sealed, unknown to the parent)."""
+    return {"mac": hmac.new(mac_key, plaintext, hashlib.sha256).digest(), "length": len(plaintext)}
 
 
 async def _kms_decrypt(ctx: Context, ciphertext: bytes, context: dict) -> bytes:
@@ -50,7 +65,7 @@ def _sealed(exc: SealedError) -> HandlerError:
 
 def install(app: App, *, results: Mapping[str, ResultFunction] | None = None) -> None:
     """Add the sealed-secret operations to ``app``; ``results`` extends envelope results."""
-    result_functions = {**DEFAULT_RESULTS, **(results or {})}
+    result_functions = {**(results or {}), **DEFAULT_RESULTS}  # the defaults stay as they are
 
     @app.operation("seal-load", e2e=True, deadline_s=30.0, bytes_fields=("ciphertext",))
     async def seal_load(ctx: Context, body: Any) -> dict:
@@ -130,21 +145,32 @@ def install(app: App, *, results: Mapping[str, ResultFunction] | None = None) ->
     @app.operation(
         "envelope-decrypt",
         deadline_s=30.0,
-        bytes_fields=("encrypted_key", "iv", "ciphertext", "aad"),
+        bytes_fields=("encrypted_key", "iv", "ciphertext", "aad", "mac_key"),
     )
     async def envelope_decrypt(ctx: Context, body: Any) -> Any:
-        """Open AES-GCM data under a KMS data key; return only the named result of it."""
+        """Open AES-GCM data under a KMS data key; the plaintext never leaves the enclave."""
         req = fields(
             body,
             required=("encrypted_key", "iv", "ciphertext"),
-            optional=("aad", "encryption_context", "result"),
+            optional=("aad", "encryption_context", "result", "mac_key"),
         )
-        result_name = req.get("result", "sha256")
-        function = result_functions.get(result_name) if isinstance(result_name, str) else None
-        if function is None:
+        result_name = req.get("result", VERIFY_RESULT)
+        known = result_name == HMAC_RESULT or result_name in result_functions
+        if not isinstance(result_name, str) or not known:
+            names = sorted({*result_functions, HMAC_RESULT})
+            raise HandlerError("bad-request", f"'result' must be one of {', '.join(names)}")
+        if result_name not in DEFAULT_RESULTS and not ctx.end_to_end:
             raise HandlerError(
-                "bad-request", f"'result' must be one of {', '.join(sorted(result_functions))}"
+                "bad-request",
+                f"result {result_name!r} is derived from the plaintext: ask for it inside an "
+                "end-to-end request (the parent must not see it)",
             )
+        mac_key = req.get("mac_key")
+        if (result_name == HMAC_RESULT) != (mac_key is not None):
+            raise HandlerError("bad-request", "'mac_key' goes with result 'hmac-sha256' only")
+        if mac_key is not None:
+            mac_key = get_bytes(req, "mac_key", min_len=MAC_KEY_LENGTHS[0],
+                                max_len=MAC_KEY_LENGTHS[1])
         encrypted_key = get_bytes(req, "encrypted_key", max_len=MAX_KMS_CIPHERTEXT, min_len=1)
         iv = get_bytes(req, "iv", max_len=GCM_IV_LEN, min_len=GCM_IV_LEN)
         ciphertext = get_bytes(req, "ciphertext", max_len=MAX_ENVELOPE_DATA, min_len=16)
@@ -163,4 +189,6 @@ def install(app: App, *, results: Mapping[str, ResultFunction] | None = None) ->
             ) from None
         finally:
             del data_key
-        return function(plaintext)
+        if mac_key is not None:
+            return hmac_result(plaintext, mac_key)
+        return result_functions[result_name](plaintext)

@@ -167,11 +167,13 @@ def key_id(kms: LocalKms, nsm: SimulatedNsm) -> str:
     return operator.create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
 
 
-def call_app(kms: LocalKms, nsm: SimulatedNsm, requests: list[tuple[str, Any]]) -> list[Any]:
+def call_app(
+    kms: LocalKms, nsm: SimulatedNsm, requests: list[tuple[str, Any]], **app_kwargs: Any
+) -> list[Any]:
     """Run the default app (attested KMS to ``kms``) and send ``requests`` in order; each
     answer is the reply body or the RemoteError."""
     attested = AttestedKms(kms.client(ROLE_KEYS), nsm=NsmClient(transport=nsm.handle))
-    app = default_app(nsm=NsmClient(transport=nsm.handle), kms=attested)
+    app = default_app(nsm=NsmClient(transport=nsm.handle), kms=attested, **app_kwargs)
 
     async def go() -> list[Any]:
         with tempfile.TemporaryDirectory(prefix="sealed-") as d:
@@ -225,7 +227,7 @@ def test_seal_load_sign_hmac_public_key(kms: LocalKms, nsm: SimulatedNsm, key_id
     assert der.hex().encode() not in answers and mac_key.hex().encode() not in answers
 
 
-def test_envelope_decrypt_returns_only_the_digest(
+def test_envelope_decrypt_returns_nothing_derived_from_the_plaintext(
     kms: LocalKms, nsm: SimulatedNsm, key_id: str
 ) -> None:
     operator = kms.client(OPERATOR_KEYS)
@@ -236,18 +238,70 @@ def test_envelope_decrypt_returns_only_the_digest(
     encrypted_key = operator.encrypt(KeyId=key_id, Plaintext=data_key)["CiphertextBlob"]
     tampered = bytearray(ct)
     tampered[0] ^= 1
-    good, bad_aad, bad_ct, bad_result = call_app(kms, nsm, [
-        ("envelope-decrypt", {"encrypted_key": encrypted_key, "iv": iv, "ciphertext": ct,
-                              "aad": b"aad"}),
-        ("envelope-decrypt", {"encrypted_key": encrypted_key, "iv": iv, "ciphertext": ct}),
-        ("envelope-decrypt", {"encrypted_key": encrypted_key, "iv": iv,
-                              "ciphertext": bytes(tampered), "aad": b"aad"}),
-        ("envelope-decrypt", {"encrypted_key": encrypted_key, "iv": iv, "ciphertext": ct,
-                              "result": "plaintext"}),
+    base = {"encrypted_key": encrypted_key, "iv": iv, "ciphertext": ct, "aad": b"aad"}
+    good, bad_aad, bad_ct, bad_result, digest, mac_in_clear = call_app(kms, nsm, [
+        ("envelope-decrypt", base),
+        ("envelope-decrypt", {**base, "aad": None}),
+        ("envelope-decrypt", {**base, "ciphertext": bytes(tampered)}),
+        ("envelope-decrypt", {**base, "result": "plaintext"}),
+        ("envelope-decrypt", {**base, "result": "sha256"}),
+        ("envelope-decrypt", {**base, "result": "hmac-sha256", "mac_key": b"k" * 32}),
     ])
-    assert good == {"sha256": hashlib.sha256(plaintext).digest(), "length": len(plaintext)}
+    assert good == {"verified": True, "length": len(plaintext)}
     assert bad_aad.code == "envelope-auth-failed" and bad_ct.code == "envelope-auth-failed"
-    assert bad_result.code == "bad-request"
+    assert bad_result.code == "bad-request" and digest.code == "bad-request"
+    assert mac_in_clear.code == "bad-request"  # a MAC only inside an end-to-end request
+
+
+def _sealed_envelope_calls(
+    kms: LocalKms, nsm: SimulatedNsm, bodies: list[dict]
+) -> tuple[list[bytes], list[Any]]:
+    """Send each body as a sealed envelope-decrypt; returns what the parent sees (the sealed
+    replies) and what the client opens."""
+    from enclave.e2e import EnclaveE2EKey, seal_request
+
+    e2e_key = EnclaveE2EKey()
+    sealed, openers = [], []
+    for body in bodies:
+        request, opener = seal_request(e2e_key.public_key_der, b"n" * 32, "envelope-decrypt", body)
+        sealed.append(("e2e", {"sealed": request}))
+        openers.append(opener)
+    answers = call_app(kms, nsm, sealed, e2e_key=e2e_key)
+    seen = [a["sealed"] for a in answers]
+    return seen, [o.open(r) for o, r in zip(openers, seen, strict=True)]
+
+
+def test_a_short_pin_cannot_be_brute_forced_from_what_the_parent_sees(
+    kms: LocalKms, nsm: SimulatedNsm, key_id: str
+) -> None:
+    """Issue 9 item 6: the parent recovered an 8-digit PIN from the unkeyed SHA-256 result.
+    Now, for every route it can see, its view is the same whatever the PIN (same length)."""
+    operator = kms.client(OPERATOR_KEYS)
+    pins = [b"12345678", b"87654321"]
+    bodies = []
+    for pin in pins:
+        data_key = AESGCM.generate_key(bit_length=256)
+        iv = os.urandom(12)
+        bodies.append({
+            "encrypted_key": operator.encrypt(KeyId=key_id, Plaintext=data_key)["CiphertextBlob"],
+            "iv": iv, "ciphertext": AESGCM(data_key).encrypt(iv, pin, None),
+        })
+    plain = call_app(kms, nsm, [("envelope-decrypt", b) for b in bodies])
+    assert plain[0] == plain[1]  # the plain route: identical for both PINs
+    candidates = [f"{n:08d}".encode() for n in range(0, 100_000_000, 9_973)] + pins
+    views = repr(plain).encode()
+    for guess in candidates:  # nothing a guess can be checked against
+        for derived in (hashlib.sha256(guess).digest(), hashlib.sha1(guess).digest(), guess):
+            assert derived not in views
+    mac_key = os.urandom(32)
+    seen, opened = _sealed_envelope_calls(
+        kms, nsm, [{**b, "result": "hmac-sha256", "mac_key": mac_key} for b in bodies]
+    )
+    for pin, reply in zip(pins, opened, strict=True):  # the client gets a MAC it can check
+        assert reply["ok"] and reply["result"]["mac"] == hmac.new(mac_key, pin, "sha256").digest()
+    for guess in candidates:  # the parent sees sealed bytes only; no key, nothing to test
+        for derived in (hashlib.sha256(guess).digest(), guess):
+            assert all(derived not in s for s in seen)
 
 
 def test_the_parent_cannot_decrypt_what_the_enclave_can(kms: LocalKms, key_id: str) -> None:

@@ -204,7 +204,7 @@ def test_reusing_an_id_in_flight_is_a_bad_request(server):
         (request_frame(1, "echo", "x")[:-3], "truncated"),
         (b"NE\x01\x00\x00\x00\x00\x02\xff\xff", "bad-cbor"),
         (b"".join(frame(cbor2.dumps(["not", "a", "map"]))), "bad-message"),
-        (b"".join(frame(cbor2.dumps({"id": 1, "op": "echo"}) + b"\x00")), "bad-cbor"),
+        (b"".join(frame(cbor2.dumps({"op": "echo", "id": 1}) + b"\x00")), "bad-cbor"),
     ],
 )
 def test_bad_input_gets_an_error_frame_and_others_are_still_served(server, data, code):
@@ -221,6 +221,43 @@ def test_bad_input_gets_an_error_frame_and_others_are_still_served(server, data,
     replies = run(scenario())
     assert [(r.id, r.error[0]) for r in replies] == [(None, code)]
     assert server.alive
+
+
+def _deep(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "bad_payload",
+    [
+        cbor2.dumps({"id": 7, "op": "echo", "body": _deep(200)}),  # deeper than CBOR_MAX_DEPTH
+        cbor2.dumps({"id": 7, "op": "echo", "body": "x"}) + b"\x00",  # trailing byte
+        cbor2.dumps({"id": 7, "op": "echo", "body": {1.5: "float key"}}),  # refused key type
+        cbor2.dumps({"id": 7, "op": "echo", "body": cbor2.CBORTag(2, b"\x01" * 40)}),  # tag
+    ],
+)
+def test_a_bad_frame_is_answered_on_its_id_and_the_shared_connection_goes_on(server, bad_payload):
+    """Issue 9 item 3: one client's undecodable frame must not drop the others' requests."""
+
+    async def scenario():
+        reader, writer = await open_connection(ADDRESS, deadline=5, sim_dir=server.sim_dir)
+        writer.write(request_frame(1, "sleep", {"seconds": 0.3, "tag": "kept"}))
+        writer.write(b"".join(frame(bad_payload)))
+        writer.write(request_frame(2, "echo", "after"))
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            received = await reader.read()
+        writer.close()
+        decoder = FrameDecoder(1 << 24)
+        return {r.id: r for r in (parse_reply(decode_cbor(p)) for p in decoder.feed(received))}
+
+    replies = run(scenario())
+    assert replies[7].error[0] == "bad-cbor"
+    assert replies[1].body == "kept" and replies[2].body == "after"
+    assert None not in replies  # no connection-level error
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
