@@ -20,8 +20,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .wire import APP_PORT
+
 DEFAULT_APP = "enclave.handlers:default_app"
-DEFAULT_PORT = 5000
+DEFAULT_PORT = APP_PORT
 EXIT_USAGE = 2
 EXIT_LISTEN = 5
 

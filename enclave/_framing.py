@@ -3,7 +3,7 @@
 Header, big-endian: ``"NE"`` (0x4E 0x45) | version (0x01) | flags (0x00) | u32 length.
 The payload is exactly one CBOR data item of ``length`` bytes: a request map
 ``{"id", "op", "body", ?"timeout_ms"}`` or a reply map ``{"id", "body"}`` /
-``{"id", "error": {"code", "message"}}``.
+``{"id", "error": {"code", "kind", "message"}}``.
 
 Everything here is sans-I/O: ``FrameDecoder.feed(bytes) -> [payload, ...]`` and the
 encode/parse functions. Every failure is a ``FrameError`` with a stable code.
@@ -19,13 +19,14 @@ from typing import Any
 
 import cbor2
 
+from attestation.errors import INTERNAL, MAX_CODE_LENGTH, is_code, is_kind
+
 from ._protocol_base import (
-    CODE_PATTERN,
-    MAX_CODE_LENGTH,
     MAX_OP_LENGTH,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
     FrameError,
+    ProtocolError,
     clip,
 )
 
@@ -285,7 +286,8 @@ class Reply:
 
     id: int | None
     body: Any
-    error: tuple[str, str] | None
+    error: tuple[str, str, str] | None
+    """(code, message, kind)"""
 
 
 def _valid_id(value: Any) -> bool:
@@ -335,7 +337,10 @@ def parse_reply(item: Any) -> Reply:
         raise FrameError("bad-message", "reply error code must be a short text string")
     if not isinstance(message, str):
         raise FrameError("bad-message", "reply error message must be a text string")
-    return Reply(rid, None, (code, clip(message)))
+    kind = error.get("kind")
+    if not is_kind(kind):  # a peer that predates kinds: the protocol's table, else internal
+        kind = ProtocolError.kind_of(code)
+    return Reply(rid, None, (code, clip(message), kind))
 
 
 def encode_request(
@@ -351,7 +356,12 @@ def encode_response(rid: int, body: Any, *, strict_keys: bool) -> bytes:
     return encode_cbor({"id": rid, "body": body}, strict_keys=strict_keys, what="response")
 
 
-def encode_error(rid: int | None, code: str, message: str) -> bytes:
-    if not CODE_PATTERN.match(code):
-        code = "internal"
-    return cbor2.dumps({"id": rid, "error": {"code": code, "message": clip(message)}})
+def encode_error(rid: int | None, code: str, message: str, kind: str | None = None) -> bytes:
+    """An error reply ``{"id", "error": {"code", "kind", "message"}}``; a malformed code is
+    sent as ``internal``, a missing kind is the protocol's for the code."""
+    if not is_code(code):
+        code, kind = "internal", INTERNAL
+    if kind is None or not is_kind(kind):
+        kind = ProtocolError.kind_of(code)
+    error = {"code": code, "kind": kind, "message": clip(message)}
+    return cbor2.dumps({"id": rid, "error": error})

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, TypeVar
 
 import cbor2
 
+from attestation.errors import BAD_REQUEST, CONFLICT, INTERNAL, UNAVAILABLE, CodedError
+
 NSM_REQUEST_MAX_SIZE = 0x1000
 """Largest request the kernel driver accepts (``NSM_REQUEST_MAX_SIZE``); larger → EMSGSIZE."""
 NSM_RESPONSE_MAX_SIZE = 0x3000
@@ -41,18 +43,32 @@ DIGEST_SIZES: dict[str, int] = {"SHA256": 32, "SHA384": 48, "SHA512": 64}
 """The NSM ``Digest`` names and the PCR length each implies."""
 
 
-class NsmError(Exception):
-    """An NSM operation failed; ``code`` is the NSM ``ErrorCode`` name (or a transport code).
+NSM_ERROR_CODES: dict[str, tuple[str, str]] = {
+    "InvalidArgument": ("nsm-invalid-argument", BAD_REQUEST),
+    "InvalidIndex": ("nsm-invalid-index", BAD_REQUEST),
+    "InvalidResponse": ("nsm-invalid-response", INTERNAL),
+    "ReadOnlyIndex": ("nsm-read-only-index", CONFLICT),
+    "InvalidOperation": ("nsm-invalid-operation", BAD_REQUEST),
+    "BufferTooSmall": ("nsm-buffer-too-small", INTERNAL),
+    "InputTooLarge": ("nsm-input-too-large", BAD_REQUEST),
+    "InternalError": ("nsm-internal-error", INTERNAL),
+    "DeviceUnavailable": ("nsm-device-unavailable", UNAVAILABLE),
+}
+"""NSM ``ErrorCode`` name (and the client's ``DeviceUnavailable``) -> (our code, its kind)."""
 
-    Codes from the device: ``InvalidArgument``, ``InvalidIndex``, ``InvalidResponse``,
-    ``ReadOnlyIndex``, ``InvalidOperation``, ``BufferTooSmall``, ``InputTooLarge``,
-    ``InternalError``. The client adds ``DeviceUnavailable`` (see ``NsmUnavailableError``).
+
+class NsmError(CodedError):
+    """An NSM operation failed. ``nsm_code`` is the NSM ``ErrorCode`` name (or the client's
+    ``DeviceUnavailable``); ``code`` and ``kind`` are ours, from ``NSM_ERROR_CODES``.
     """
 
-    def __init__(self, code: str, message: str | None = None) -> None:
-        self.code = code
-        self.message = message or code
-        super().__init__(f"{code}: {message}" if message else code)
+    codes = dict(NSM_ERROR_CODES.values())
+    show_code = True
+
+    def __init__(self, nsm_code: str, message: str | None = None) -> None:
+        code = NSM_ERROR_CODES.get(nsm_code, NSM_ERROR_CODES["InternalError"])[0]
+        super().__init__(code, message or nsm_code)
+        self.nsm_code = nsm_code if nsm_code in NSM_ERROR_CODES else "InternalError"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"

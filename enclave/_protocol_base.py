@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, CODE_PATTERN, MAX_CODE_LENGTH, CodedError
+
+from .wire import PROTOCOL_CODES
+
+__all__ = ["CODE_PATTERN", "MAX_CODE_LENGTH"]  # re-exported: defined in attestation.errors
 
 PROTOCOL_VERSION = 1
 MAX_U32 = 0xFFFFFFFF
 MAX_REQUEST_ID = 2**64 - 1
 MAX_OP_LENGTH = 128  # characters of an op name
-MAX_CODE_LENGTH = 64  # characters of an error code
 MAX_MESSAGE_LENGTH = 1024  # characters of an error message (longer ones are cut)
-CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 ERROR_CODES: dict[str, str] = {
     # connection-level: sent with "id": null, then the server closes the connection
@@ -42,8 +43,9 @@ ERROR_CODES: dict[str, str] = {
 
 
 class ProtocolError(CodedError):
-    """A protocol failure with a stable ``code`` (see ERROR_CODES) and a ``message``."""
+    """A protocol failure with a stable ``code`` (see ERROR_CODES), its kind and a ``message``."""
 
+    codes = PROTOCOL_CODES
     show_code = True
 
 
@@ -58,7 +60,7 @@ class FrameError(ProtocolError):
 
 
 class RemoteError(ProtocolError):
-    """The server answered a request with an error reply ``{code, message}``."""
+    """The server answered a request with an error reply ``{code, kind, message}``."""
 
 
 class ConnectionLostError(ProtocolError):
@@ -79,14 +81,18 @@ class HandlerError(CodedError):
     """Raised by a handler to answer with a typed error: its code and message reach the
     client unchanged. Any other exception becomes code "internal" with a generic message.
 
-    ``code``: lowercase letters, digits and dashes, at most 64 characters (CODE_PATTERN);
-    a handler error with another code is answered as "internal" and logged.
+    ``code``: lowercase letters, digits and dashes, at most 64 characters
+    (``attestation.errors.is_code``); a handler error with another code is answered as
+    "internal" and logged. ``kind``: one of the error kinds; by default the one
+    ``enclave.wire.PROTOCOL_CODES`` gives the code, else ``bad-request``.
     """
 
+    codes = PROTOCOL_CODES
+    kind = BAD_REQUEST
     show_code = True
 
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(code, str(message))
+    def __init__(self, code: str, message: str = "", *, kind: str | None = None) -> None:
+        super().__init__(code, str(message), kind=kind)
 
 
 def clip(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:

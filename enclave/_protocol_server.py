@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from attestation.errors import is_code
+
 from ._framing import (
     FrameDecoder,
     FrameError,
@@ -24,7 +26,7 @@ from ._framing import (
     frame,
     parse_request,
 )
-from ._protocol_base import CODE_PATTERN, HandlerError, ProtocolLimits
+from ._protocol_base import HandlerError, ProtocolLimits
 
 logger = logging.getLogger("enclave.protocol")
 
@@ -178,10 +180,10 @@ class ServerConnection:
             async with deadline:
                 body = await handler(request.body)
         except HandlerError as exc:
-            if not isinstance(exc.code, str) or not CODE_PATTERN.match(exc.code):
+            if not is_code(exc.code):
                 logger.warning("op %r raised HandlerError with an invalid code", op)
                 return encode_error(rid, "internal", "internal error")
-            return encode_error(rid, exc.code, exc.message)
+            return encode_error(rid, exc.code, exc.message, exc.kind)
         except TimeoutError:
             if deadline.expired():
                 return encode_error(

@@ -35,13 +35,14 @@ import hashlib
 import itertools
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from attestation.errors import INTERNAL, UNAVAILABLE, CodedError, is_code
 
 from .e2e import E2EError, EnclaveE2EKey
 from .protocol import HandlerError
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 APP_IDENTITY_LABEL = b"nitro-toolkit/app/v1"
-CODE_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_OPERATION_NAME = 64
 
 log = logging.getLogger("enclave.app")
@@ -295,8 +295,8 @@ class App:
                     if op.limited:
                         self._slot_semaphore().release()
         except HandlerError as exc:
-            code = exc.code if isinstance(exc.code, str) else "internal"
-            if not CODE_PATTERN.fullmatch(code):  # what the protocol would refuse to send
+            code = exc.code
+            if not is_code(code):  # what the protocol would refuse to send
                 code = "internal"
                 raise HandlerError(code, "internal error in the enclave app") from None
             raise
@@ -305,13 +305,15 @@ class App:
                 code = "internal"
                 raise HandlerError(code, "internal error in the enclave app") from None
             code = "deadline-exceeded"
-            raise HandlerError(code, f"{op.name} did not finish within {deadline_s:g} s") from None
+            raise HandlerError(
+                code, f"{op.name} did not finish within {deadline_s:g} s", kind=UNAVAILABLE
+            ) from None
         except asyncio.CancelledError:
             code = "cancelled"
             raise
         except Exception as exc:
-            code, message = _typed(exc)
-            raise HandlerError(code, message) from None
+            code, message, kind = _typed(exc)
+            raise HandlerError(code, message, kind=kind) from None
         finally:
             log_event(
                 "request",
@@ -334,7 +336,8 @@ class App:
                 await self._slot_semaphore().acquire()
         except TimeoutError:
             raise HandlerError(
-                "busy", f"more than {self.limits.max_concurrent} requests in progress"
+                "busy", f"more than {self.limits.max_concurrent} requests in progress",
+                kind=UNAVAILABLE,
             ) from None
 
     async def dispatch_sealed(self, sealed: bytes) -> bytes:
@@ -342,7 +345,7 @@ class App:
         try:
             request = self.e2e_key.open_request(sealed)
         except E2EError as exc:  # nothing to seal to: answer in the clear, no detail leaks
-            raise HandlerError(exc.code, exc.message) from None
+            raise HandlerError(exc.code, exc.message, kind=exc.kind) from None
         try:
             result = await self.dispatch(request.op, request.body, end_to_end=True)
         except HandlerError as exc:
@@ -379,19 +382,14 @@ class App:
                 self._nsm.close()
 
 
-def _typed(exc: Exception) -> tuple[str, str]:
-    """(code, message) of an exception: typed ones keep theirs, others say 'internal'."""
-    code = getattr(exc, "code", None)
-    message = getattr(exc, "message", None)
-    if isinstance(code, str) and code:
-        if not CODE_PATTERN.fullmatch(code):  # e.g. NSM's "ReadOnlyIndex"
-            kebab = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", code).lower()
-            kebab = re.sub(r"[^a-z0-9-]+", "-", kebab).strip("-")
-            prefix = "nsm-" if type(exc).__name__.startswith("Nsm") else ""
-            code = (prefix + kebab)[:64] or "internal"
-        return code, message if isinstance(message, str) else code
+def _typed(exc: Exception) -> tuple[str, str, str]:
+    """(code, message, kind) of an exception: a CodedError keeps its own (its family declares
+    the kind); anything else is 'internal'."""
+    if isinstance(exc, CodedError) and is_code(exc.code):
+        message = exc.message if isinstance(exc.message, str) else exc.code
+        return exc.code, message, exc.kind
     log_event("handler-crash", level=logging.WARNING, error=type(exc).__name__)
-    return "internal", "internal error in the enclave app"
+    return "internal", "internal error in the enclave app", INTERNAL
 
 
 def load_app(spec: str) -> App:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, CONFLICT, CodedError
 
 VERSION = 1
 SUITE_NAME = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
@@ -52,6 +52,16 @@ _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM
 class E2EError(CodedError):
     """A sealed request or reply could not be built or opened; ``code`` is stable."""
 
+    codes = {
+        "e2e-malformed": BAD_REQUEST,
+        "e2e-version": BAD_REQUEST,
+        "e2e-decrypt-failed": BAD_REQUEST,
+        "e2e-stale": BAD_REQUEST,
+        "e2e-replay": CONFLICT,
+        "e2e-too-large": BAD_REQUEST,
+        "e2e-bad-key": BAD_REQUEST,
+    }
+    kind = BAD_REQUEST
     show_code = True
 
 

@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
-from attestation.errors import CodedError
+from attestation.errors import (
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    INTERNAL,
+    NOT_FOUND,
+    UNAVAILABLE,
+    CodedError,
+)
 
 from ._enclave_key import KeyLimits, RecipientKey, RecipientKeyring
 from .cms import CmsError, decrypt_enveloped_data
@@ -107,6 +115,28 @@ _UNREACHABLE = (
 class KmsError(CodedError):
     """A failed attested KMS call. `code` is stable; `aws_code` is KMS's own, if any."""
 
+    codes = {
+        "kms-access-denied": FORBIDDEN,
+        "kms-not-found": NOT_FOUND,
+        "kms-invalid-ciphertext": BAD_REQUEST,
+        "kms-incorrect-key": BAD_REQUEST,
+        "kms-invalid-key-usage": BAD_REQUEST,
+        "kms-key-disabled": CONFLICT,
+        "kms-invalid-state": CONFLICT,
+        "kms-unavailable": UNAVAILABLE,
+        "kms-throttled": UNAVAILABLE,
+        "kms-invalid-request": BAD_REQUEST,
+        "kms-unsupported": BAD_REQUEST,
+        "kms-bad-credentials": UNAVAILABLE,
+        "kms-error": UNAVAILABLE,
+        "kms-unreachable": UNAVAILABLE,
+        "kms-tls-failed": UNAVAILABLE,
+        "kms-bad-response": UNAVAILABLE,
+        "kms-recipient-ignored": INTERNAL,
+        "credentials-unavailable": UNAVAILABLE,
+        "attestation-failed": UNAVAILABLE,
+        "bad-request": BAD_REQUEST,
+    }
     show_code = True
 
     def __init__(
@@ -117,7 +147,10 @@ class KmsError(CodedError):
         self.operation = operation
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "aws_code": self.aws_code}
+        return {
+            "code": self.code, "kind": self.kind, "message": self.message,
+            "aws_code": self.aws_code,
+        }
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import INTERNAL, UNAVAILABLE, CodedError
 
 from .transport import (
     PARENT_CID,
@@ -43,6 +43,7 @@ from .transport import (
     open_connection,
     relay,
 )
+from .wire import KMS_RELAY_PORT
 
 __all__ = [
     "HTTPS_PORT",
@@ -56,8 +57,6 @@ __all__ = [
     "kms_hostnames",
 ]
 
-KMS_RELAY_PORT = 8000
-"""Parent vsock port of the KMS relay (vsock-proxy's and kmstool's default)."""
 HTTPS_PORT = 443
 
 log = logging.getLogger("enclave.kms_tunnel")
@@ -66,6 +65,14 @@ log = logging.getLogger("enclave.kms_tunnel")
 class TunnelError(CodedError):
     """The forwarder could not start or was misused; `code` is stable."""
 
+    codes = {
+        "bad-scheme": INTERNAL,
+        "listen-failed": UNAVAILABLE,
+        "not-started": INTERNAL,
+        "plaintext-outside-simulation": INTERNAL,
+        "start-timeout": UNAVAILABLE,
+        "loopback-unavailable": UNAVAILABLE,
+    }
     show_code = True
 
 

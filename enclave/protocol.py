@@ -209,7 +209,8 @@ class ProtocolClient:
             raise outcome
         assert isinstance(outcome, Reply)
         if outcome.error is not None:
-            raise RemoteError(*outcome.error)
+            code, message, kind = outcome.error
+            raise RemoteError(code, message, kind=kind)
         return outcome.body
 
     async def _read_loop(self) -> None:

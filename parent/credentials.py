@@ -28,6 +28,7 @@ from typing import Any
 from attestation.errors import CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
 from enclave.transport import TransportError, VsockAddress
+from enclave.wire import APP_PORT, SET_CREDENTIALS_OP
 
 __all__ = [
     "DEFAULT_ENCLAVE_PORT",
@@ -39,8 +40,7 @@ __all__ = [
     "main",
 ]
 
-SET_CREDENTIALS_OP = "set-credentials"
-DEFAULT_ENCLAVE_PORT = 5000
+DEFAULT_ENCLAVE_PORT = APP_PORT
 
 log = logging.getLogger("parent.credentials")
 

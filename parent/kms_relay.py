@@ -41,6 +41,7 @@ from enclave.transport import (
     relay,
     start_server,
 )
+from enclave.wire import KMS_RELAY_PORT
 
 from ._allowlist import (
     DEFAULT_ALLOWLIST,
@@ -63,7 +64,7 @@ __all__ = [
     "main",
 ]
 
-DEFAULT_LOCAL_PORT = 8000
+DEFAULT_LOCAL_PORT = KMS_RELAY_PORT
 EXIT_USAGE = 2
 EXIT_NOT_ALLOWED = 3
 EXIT_CONFIG = 4

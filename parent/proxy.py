@@ -36,6 +36,7 @@ from aiohttp import web
 
 from enclave.app import configure_json_logging
 from enclave.transport import TransportError, VsockAddress
+from enclave.wire import APP_PORT
 
 from ._proxy_http import HttpLimits, ProxyHandlers, request_context
 from ._proxy_pool import EnclavePool, EnclaveUnavailable, PoolLimits
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8080
-DEFAULT_ENCLAVE_PORT = 5000
+DEFAULT_ENCLAVE_PORT = APP_PORT
 EXIT_USAGE = 2
 EXIT_LISTEN = 5
 SHUTDOWN_TIMEOUT_S = 5.0

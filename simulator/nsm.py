@@ -221,7 +221,7 @@ class SimulatedNsm:
                 with self._lock:
                     response: Response | ErrorResponse = self._dispatch(parsed)
             except NsmError as e:
-                response = ErrorResponse(e.code)
+                response = ErrorResponse(e.nsm_code)
             return encode_response(response)
         except Exception:  # a bug here must look like the device failing, not crash the caller
             log.exception("simulated NSM failed on a request")

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import enclave as _enclave_pkg
+from enclave.wire import APP_PORT, KMS_RELAY_PORT
 from simulator.kms.store import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENCLAVE_SOURCE = Path(_enclave_pkg.__file__).resolve().parent
 DEFAULT_ENCLAVE_CID = 16
-ENCLAVE_PORT = 5000
-KMS_RELAY_PORT = 8000
+ENCLAVE_PORT = APP_PORT
 REGION = "us-east-1"
 STACK_FILE = "stack.json"
 CREDENTIALS_INTERVAL_S = 5.0  # re-push often: a restarted simulated enclave gets them soon
