@@ -16,7 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
-from attestation.errors import CodedError
+from attestation.errors import (
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    INTERNAL,
+    NOT_FOUND,
+    UNAVAILABLE,
+    CodedError,
+)
 from enclave.protocol import RemoteError
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
@@ -31,38 +39,16 @@ _OP_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_JSON_DEPTH = 32
 READ_CHUNK = 64 * 1024
 
-# Enclave error codes -> HTTP status (anything else typed: 422).
-STATUS_FOR_CODE: Mapping[str, int] = {
-    "bad-request": 400,
-    "forbidden-field": 400,
-    "bad-kind": 400,
-    "bad-name": 400,
-    "bad-secret": 400,
-    "wrong-kind": 400,
-    "bad-data-key": 400,
-    "envelope-auth-failed": 400,
-    "bad-credentials": 400,
-    "e2e-malformed": 400,
-    "e2e-version": 400,
-    "e2e-decrypt-failed": 400,
-    "e2e-stale": 400,
-    "e2e-replay": 400,
-    "e2e-too-large": 413,
-    "frame-too-large": 413,
-    "response-too-large": 502,
-    "bad-response": 502,
-    "e2e-bad-key": 400,
-    "unknown-op": 404,
-    "no-such-secret": 404,
-    "store-full": 409,
-    "kms-access-denied": 403,
-    "credentials-unavailable": 503,
-    "busy": 503,
-    "deadline-exceeded": 504,
-    "timeout": 504,
-    "internal": 500,
+STATUS_FOR_KIND: Mapping[str, int] = {
+    BAD_REQUEST: 400,
+    FORBIDDEN: 403,
+    NOT_FOUND: 404,
+    CONFLICT: 409,
+    UNAVAILABLE: 503,
+    INTERNAL: 500,
 }
-KMS_PREFIX_STATUS = 502  # other kms-* codes: KMS (behind the enclave) failed
+"""The one error kind -> HTTP status table (DESIGN §3): no code has a status of its own."""
+_DROP_CONNECTION = frozenset({"payload-too-large", "body-timeout"})  # body not read to its end
 
 
 @dataclass(frozen=True)
@@ -79,33 +65,49 @@ class HttpLimits:
 
 
 class ProxyError(CodedError):
+    """An answer the proxy gives itself, or an enclave error passed on with its kind."""
+
+    codes = {
+        "bad-request": BAD_REQUEST,
+        "forbidden-field": BAD_REQUEST,
+        "bad-base64": BAD_REQUEST,
+        "bad-json": BAD_REQUEST,
+        "payload-too-large": BAD_REQUEST,
+        "body-timeout": BAD_REQUEST,
+        "method-not-allowed": BAD_REQUEST,
+        "http-error": BAD_REQUEST,
+        "not-found": NOT_FOUND,
+        "unknown-op": NOT_FOUND,
+        "proxy-busy": UNAVAILABLE,
+        "enclave-timeout": UNAVAILABLE,
+        "enclave-unavailable": UNAVAILABLE,
+        "bad-response": INTERNAL,
+        "internal": INTERNAL,
+    }
     show_code = True
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.status = status
+    @property
+    def status(self) -> int:
+        return status_for(self.kind)
 
 
-def error_response(status: int, code: str, message: str, rid: str) -> web.Response:
+def status_for(kind: str) -> int:
+    """HTTP status of an error kind (500 for anything that is not a kind)."""
+    return STATUS_FOR_KIND.get(kind, 500)
+
+
+def error_response(code: str, kind: str, message: str, rid: str) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message}, "request_id": rid},
-        status=status,
+        {"error": {"code": code, "kind": kind, "message": message}, "request_id": rid},
+        status=status_for(kind),
         headers={REQUEST_ID_HEADER: rid},
     )
-
-
-def status_for(code: str) -> int:
-    if code in STATUS_FOR_CODE:
-        return STATUS_FOR_CODE[code]
-    if code.startswith("kms-"):
-        return KMS_PREFIX_STATUS
-    return 422
 
 
 def to_json(value: Any, depth: int = 0) -> Any:
     """A CBOR result as JSON: bytes -> base64 text; keys -> text; other leaves as text."""
     if depth > MAX_JSON_DEPTH:
-        raise ProxyError(502, "bad-response", "the enclave's answer nests too deeply")
+        raise ProxyError("bad-response", "the enclave's answer nests too deeply")
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
     if isinstance(value, Mapping):
@@ -120,11 +122,11 @@ def to_json(value: Any, depth: int = 0) -> Any:
 def b64_field(body: Mapping[str, Any], name: str) -> bytes:
     value = body.get(name)
     if not isinstance(value, str):
-        raise ProxyError(400, "bad-request", f"{name!r} must be a base64 string")
+        raise ProxyError("bad-request", f"{name!r} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ProxyError(400, "bad-base64", f"{name!r} is not valid base64") from None
+        raise ProxyError("bad-base64", f"{name!r} is not valid base64") from None
 
 
 class Backpressure:
@@ -140,14 +142,14 @@ class Backpressure:
     async def acquire(self) -> None:
         if self.waiting >= self.limits.max_waiting and self._slots.locked():
             self.refused += 1
-            raise ProxyError(503, "proxy-busy", "too many requests in progress; retry later")
+            raise ProxyError("proxy-busy", "too many requests in progress; retry later")
         self.waiting += 1
         try:
             async with asyncio.timeout(self.limits.queue_timeout_s):
                 await self._slots.acquire()
         except TimeoutError:
             self.refused += 1
-            raise ProxyError(503, "proxy-busy", "no capacity within the queue timeout") from None
+            raise ProxyError("proxy-busy", "no capacity within the queue timeout") from None
         finally:
             self.waiting -= 1
         self.in_flight += 1
@@ -170,7 +172,7 @@ class ProxyHandlers:
 
     # ------------------------------------------------------------ plumbing
 
-    async def refresh_routes(self, pool: EnclavePool | None = None) -> None:
+    async def refresh_routes(self) -> None:
         """Learn the app's HTTP operations from its ``describe`` answer."""
         answer = await self.pool.request(
             "describe", {}, timeout=self.limits.health_timeout_s * 2, wait=False, control=True
@@ -194,7 +196,7 @@ class ProxyHandlers:
     async def read_json(self, request: web.Request) -> dict:
         length = request.content_length
         if length is not None and length > self.limits.max_body_bytes:
-            raise ProxyError(413, "payload-too-large", f"body over {self.limits.max_body_bytes} B")
+            raise ProxyError("payload-too-large", f"body over {self.limits.max_body_bytes} B")
         chunks: list[bytes] = []
         total = 0
         try:
@@ -203,18 +205,18 @@ class ProxyHandlers:
                     total += len(chunk)
                     if total > self.limits.max_body_bytes:
                         raise ProxyError(
-                            413, "payload-too-large", f"body over {self.limits.max_body_bytes} B"
+                            "payload-too-large", f"body over {self.limits.max_body_bytes} B"
                         )
                     chunks.append(chunk)
         except TimeoutError:
-            raise ProxyError(408, "body-timeout", "the body did not arrive in time") from None
+            raise ProxyError("body-timeout", "the body did not arrive in time") from None
         raw = b"".join(chunks)
         try:
             body = json.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ProxyError(400, "bad-json", "the body is not valid JSON") from None
+            raise ProxyError("bad-json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise ProxyError(400, "bad-json", "the body must be a JSON object")
+            raise ProxyError("bad-json", "the body must be a JSON object")
         return body
 
     async def forward(self, op: str, body: Any) -> Any:
@@ -222,14 +224,14 @@ class ProxyHandlers:
         try:
             return await self.pool.request(op, body, timeout=self.limits.request_timeout_s)
         except RemoteError as exc:
-            raise ProxyError(status_for(exc.code), exc.code, exc.message) from None
+            raise ProxyError(exc.code, exc.message, kind=exc.kind) from None
         except TimeoutError:
             raise ProxyError(
-                504, "enclave-timeout",
+                "enclave-timeout",
                 f"no answer from the enclave within {self.limits.request_timeout_s:g} s",
             ) from None
         except EnclaveUnavailable as exc:
-            raise ProxyError(503, exc.code, exc.message) from None
+            raise ProxyError(exc.code, exc.message, kind=exc.kind) from None
         finally:
             self.backpressure.release()
 
@@ -247,9 +249,12 @@ class ProxyHandlers:
         except (EnclaveUnavailable, TimeoutError, RemoteError) as exc:
             out["error"] = {
                 "code": getattr(exc, "code", "enclave-timeout"),
+                "kind": getattr(exc, "kind", UNAVAILABLE),
                 "message": getattr(exc, "message", "health probe timed out"),
             }
-            return web.json_response(out, status=503, headers={REQUEST_ID_HEADER: rid})
+            return web.json_response(
+                out, status=status_for(UNAVAILABLE), headers={REQUEST_ID_HEADER: rid}
+            )
         out["enclave"] = "ok"
         if isinstance(answer, dict):
             for key in ("app", "version", "uptime_s", "credentials"):
@@ -262,12 +267,12 @@ class ProxyHandlers:
         chosen = [k for k in ("public_key", "user_data") if k in body]
         if chosen:
             raise ProxyError(
-                400, "forbidden-field",
+                "forbidden-field",
                 f"callers may not choose {', '.join(chosen)}; the enclave sets them",
             )
         extra = sorted(k for k in body if k != "nonce")
         if extra:
-            raise ProxyError(400, "bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
+            raise ProxyError("bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
         nonce = b64_field(body, "nonce")
         answer = await self.forward("attestation", {"nonce": nonce})
         return self._ok(request, {"document": _bytes_field(answer, "document")})
@@ -276,7 +281,7 @@ class ProxyHandlers:
         body = await self.read_json(request)
         extra = sorted(k for k in body if k != "sealed")
         if extra:
-            raise ProxyError(400, "bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
+            raise ProxyError("bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
         sealed = b64_field(body, "sealed")
         answer = await self.forward("e2e", {"sealed": sealed})
         return self._ok(request, {"sealed": _bytes_field(answer, "sealed")})
@@ -284,17 +289,17 @@ class ProxyHandlers:
     async def op(self, request: web.Request) -> web.Response:
         name = request.match_info["op"]
         if not _OP_RE.fullmatch(name):
-            raise ProxyError(404, "not-found", "no such route")
+            raise ProxyError("not-found", "no such route")
         request[OP_KEY] = name
         if not self.routes:
             try:
                 await self.refresh_routes()
             except (EnclaveUnavailable, TimeoutError, RemoteError):
                 raise ProxyError(
-                    503, "enclave-unavailable", "the enclave's operations are not known yet"
+                    "enclave-unavailable", "the enclave's operations are not known yet"
                 ) from None
         if name not in self.routes:
-            raise ProxyError(404, "unknown-op", f"operation {name!r} is not exposed over HTTP")
+            raise ProxyError("unknown-op", f"operation {name!r} is not exposed over HTTP")
         body = await self.read_json(request)
         for field_name in self.routes[name]:
             if field_name in body:
@@ -308,7 +313,7 @@ class ProxyHandlers:
                 await self.refresh_routes()
             except (EnclaveUnavailable, TimeoutError, RemoteError):
                 raise ProxyError(
-                    503, "enclave-unavailable", "the enclave's operations are not known yet"
+                    "enclave-unavailable", "the enclave's operations are not known yet"
                 ) from None
         return self._ok(
             request,
@@ -330,7 +335,7 @@ class ProxyHandlers:
 def _bytes_field(answer: Any, name: str) -> str:
     value = answer.get(name) if isinstance(answer, dict) else None
     if not isinstance(value, bytes):
-        raise ProxyError(502, "bad-response", f"the enclave's answer lacks {name!r}")
+        raise ProxyError("bad-response", f"the enclave's answer lacks {name!r}")
     return base64.b64encode(value).decode()
 
 
@@ -346,21 +351,22 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         response = await handler(request)
     except ProxyError as exc:
         code = exc.code
-        response = error_response(exc.status, exc.code, exc.message, rid)
-        if exc.status in (408, 413):  # the body was not read to its end: drop the connection
+        response = error_response(exc.code, exc.kind, exc.message, rid)
+        if exc.code in _DROP_CONNECTION:
             response.force_close()
     except web.HTTPException as exc:
         code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
             exc.status, "http-error"
         )
-        response = error_response(exc.status, code, exc.reason, rid)
+        kind = ProxyError.kind_of(code) if exc.status < 500 else INTERNAL
+        response = error_response(code, kind, exc.reason, rid)
     except asyncio.CancelledError:
         code = "client-gone"
         raise
     except Exception as exc:
         code = "internal"
         log.error("proxy-error", extra={"fields": {"rid": rid, "error": type(exc).__name__}})
-        response = error_response(500, "internal", "internal proxy error", rid)
+        response = error_response("internal", INTERNAL, "internal proxy error", rid)
     finally:
         resource = request.match_info.route.resource
         fields = {

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import UNAVAILABLE, CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, ProtocolLimits, RemoteError
 from enclave.transport import VsockAddress
 
@@ -27,6 +27,7 @@ log = logging.getLogger("parent.proxy")
 class EnclaveUnavailable(CodedError):
     """No usable connection to the enclave (it is down, restarting, or the link broke)."""
 
+    kind = UNAVAILABLE
     show_code = True
 
 
