@@ -38,7 +38,8 @@ def _testpki(tmp: Path) -> tuple[Path, list[str]]:
 
     pki = TestPKI.generate()
     doc = tmp / "doc.cbor"
-    doc.write_bytes(pki.sign_document(pcrs={0: bytes(48)}, module_id="i-0123456789abcdef0-enc0123456789abcd"))
+    module_id = "i-0123456789abcdef0-enc0123456789abcd"
+    doc.write_bytes(pki.sign_document(pcrs={0: bytes(48)}, module_id=module_id))
     root = tmp / "root.pem"
     root.write_bytes(pki.root_pem)
     return doc, ["--root", str(root), "--allow-debug"]

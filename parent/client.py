@@ -40,7 +40,7 @@ from typing import Any
 from cryptography import x509
 
 from attestation import AttestationDocument, AttestationError, Policy, verify
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, FORBIDDEN, INTERNAL, UNAVAILABLE, CodedError
 from enclave.e2e import E2EError, load_public_key, seal_request
 
 __all__ = [
@@ -60,10 +60,19 @@ class EnclaveClientError(CodedError):
     """A call failed. ``code`` is stable: the enclave's or proxy's error code, or one of
     ``http-error``, ``unreachable``, ``bad-response``, ``attestation-failed``."""
 
+    codes = {
+        "http-error": INTERNAL,
+        "unreachable": UNAVAILABLE,
+        "bad-response": INTERNAL,
+        "attestation-failed": FORBIDDEN,
+        "e2e-decrypt-failed": BAD_REQUEST,
+    }
     show_code = True
 
-    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(code, message)
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, kind: str | None = None
+    ) -> None:
+        super().__init__(code, message, kind=kind)
         self.status = status
 
 
@@ -167,7 +176,8 @@ class EnclaveClient:
             error = payload.get("error") if isinstance(payload, dict) else None
             if isinstance(error, dict) and isinstance(error.get("code"), str):
                 raise EnclaveClientError(
-                    error["code"], str(error.get("message", "")), status=status
+                    error["code"], str(error.get("message", "")), status=status,
+                    kind=error.get("kind") if isinstance(error.get("kind"), str) else None,
                 )
             raise EnclaveClientError("http-error", f"HTTP {status}", status=status)
         if not isinstance(payload, dict):
@@ -254,7 +264,9 @@ class EnclaveClient:
             if reply["ok"]:
                 return reply.get("result")
             error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+            kind = error.get("kind")
             raise EnclaveClientError(
-                str(error.get("code", "remote-error")), str(error.get("message", ""))
+                str(error.get("code", "remote-error")), str(error.get("message", "")),
+                kind=kind if isinstance(kind, str) else None,
             )
         raise EnclaveClientError("e2e-decrypt-failed", "the enclave refused the sealed request")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, UNAVAILABLE, CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
 from enclave.transport import TransportError, VsockAddress
 from enclave.wire import APP_PORT, SET_CREDENTIALS_OP
@@ -49,6 +49,12 @@ class HandoffError(CodedError):
     """A push failed; `code` is stable (``no-credentials``, ``enclave-unreachable``,
     ``enclave-refused``, ``timeout``)."""
 
+    codes = {
+        "no-credentials": UNAVAILABLE,
+        "enclave-unreachable": UNAVAILABLE,
+        "enclave-refused": BAD_REQUEST,
+        "timeout": UNAVAILABLE,
+    }
     show_code = True
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, UNAVAILABLE, CodedError
 
 from ._userdata import UserDataConfig, render
 
@@ -60,6 +60,18 @@ GRAVITON = re.compile(r"^[a-z]+\d+g")
 
 class DeployError(CodedError):
     """A deployment problem with a stable ``code`` and a human message."""
+
+    codes = {
+        "admin-required": FORBIDDEN,
+        "bad-eif": BAD_REQUEST,
+        "instance-type": BAD_REQUEST,
+        "key-policy": BAD_REQUEST,
+        "memory-too-small": BAD_REQUEST,
+        "no-default-vpc": NOT_FOUND,
+        "propagation-timeout": UNAVAILABLE,
+        "sg-in-use": CONFLICT,
+        "usage": BAD_REQUEST,
+    }
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, CodedError
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -101,6 +101,8 @@ _POSITIVE_OPERATORS = frozenset({"stringequals", "stringequalsignorecase", "stri
 
 class KeyPolicyError(CodedError):
     """Measurements or arguments cannot make a safe policy; ``code`` is stable."""
+
+    kind = BAD_REQUEST  # every code: ambiguous-enclave, bad-measurements, bad-principal, ...
 
 
 # ---------------------------------------------------------------------------- measurements

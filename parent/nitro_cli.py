@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import BAD_REQUEST, INTERNAL, UNAVAILABLE, CodedError
 
 from ._nitro_errors import ErrorInfo, explain, find_code
 
@@ -74,7 +74,17 @@ DEFAULT_LIMITS = NitroCliLimits()
 
 class NitroCliError(CodedError):
     """A nitro-cli failure: ``code`` is ``Exx`` or one of ``nitro-cli-missing``,
-    ``nitro-cli-timeout``, ``nitro-cli-output``, ``nitro-cli-failed``, ``invalid-argument``."""
+    ``nitro-cli-timeout``, ``nitro-cli-output``, ``nitro-cli-failed``, ``invalid-argument``.
+    nitro-cli's own ``Exx`` codes are ``internal``."""
+
+    kind = INTERNAL  # nitro-cli's own Exx codes
+    codes = {
+        "invalid-argument": BAD_REQUEST,
+        "nitro-cli-missing": UNAVAILABLE,
+        "nitro-cli-timeout": UNAVAILABLE,
+        "nitro-cli-output": INTERNAL,
+        "nitro-cli-failed": INTERNAL,
+    }
 
     def __init__(
         self,

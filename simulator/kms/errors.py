@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import (
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    INTERNAL,
+    NOT_FOUND,
+    UNAVAILABLE,
+    CodedError,
+)
 
 __all__ = ["HTTP_STATUS", "KmsError"]
 
@@ -49,8 +57,27 @@ HTTP_STATUS: dict[str, int] = {
 }
 
 
+_KIND_OF_STATUS = {400: BAD_REQUEST, 408: UNAVAILABLE, 412: CONFLICT, 413: BAD_REQUEST}
+_KINDS = {
+    "AccessDeniedException": FORBIDDEN,
+    "NotFoundException": NOT_FOUND,
+    "AlreadyExistsException": CONFLICT,
+    "DisabledException": CONFLICT,
+    "KMSInvalidStateException": CONFLICT,
+    "ThrottlingException": UNAVAILABLE,
+    "LimitExceededException": UNAVAILABLE,
+    "KMSInternalException": INTERNAL,
+}
+
+
 class KmsError(CodedError):
-    """An error answered to the client; ``code`` is the KMS exception name."""
+    """An error answered to the client; ``code`` is the KMS exception name (AWS's own names,
+    not toolkit codes: this is the AWS JSON 1.1 contract)."""
+
+    codes = {
+        name: _KINDS.get(name) or _KIND_OF_STATUS.get(status, INTERNAL)
+        for name, status in HTTP_STATUS.items()
+    }
 
     def __init__(self, code: str, message: str) -> None:
         if code not in HTTP_STATUS:
