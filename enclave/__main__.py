@@ -82,7 +82,8 @@ async def _serve(app: object, port: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .app import configure_json_logging, load_app
+    from .app import load_app
+    from .logs import configure_json_logging
 
     configure_json_logging(logging.DEBUG if args.debug else logging.INFO)
     if not 0 < args.port < 2**32:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,11 +261,6 @@ def frame(payload: bytes) -> list[bytes]:
     if len(payload) < JOIN_BELOW:
         return [header + payload]
     return [header, payload]
-
-
-def write_frames(writer: Any, buffers: Iterable[bytes]) -> None:
-    for buffer in buffers:
-        writer.write(buffer)
 
 
 # --- messages ------------------------------------------------------------------------------

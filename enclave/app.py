@@ -33,9 +33,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
-import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +43,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from attestation.errors import INTERNAL, UNAVAILABLE, CodedError, is_code
 
 from .e2e import E2EError, EnclaveE2EKey
+from .logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
+from .logs import configure_json_logging as configure_json_logging
 from .protocol import HandlerError
 from .sealed import SealedStore
 
@@ -409,30 +409,6 @@ def load_app(spec: str) -> App:
 
 
 # ---------------------------------------------------------------- structured logs
-
-
-class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, event and the fields passed as extra."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        return json.dumps(entry, default=str)
-
-
-def configure_json_logging(level: int = logging.INFO, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:

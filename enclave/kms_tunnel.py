@@ -200,7 +200,7 @@ class KmsTunnel:
             )
         log.info(
             "kms tunnel listening",
-            extra={"port": self._port, "relay": (self.relay.cid, self.relay.port)},
+            extra={"fields": {"port": self._port, "relay": [self.relay.cid, self.relay.port]}},
         )
         return self
 

@@ -100,10 +100,6 @@ class EnclavePool:
     def connected(self) -> int:
         return sum(1 for s in self._slots if s.usable())
 
-    @property
-    def up(self) -> bool:
-        return self.connected > 0
-
     async def start(self) -> None:
         self._tasks = [
             asyncio.ensure_future(self._supervise(s)) for s in (*self._slots, self._control)

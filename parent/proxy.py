@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from enclave.app import configure_json_logging
+from enclave.logs import configure_json_logging
 from enclave.transport import TransportError, VsockAddress
 from enclave.wire import APP_PORT
 

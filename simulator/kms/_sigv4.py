@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, quote
@@ -199,9 +199,3 @@ def verify_sigv4(
         )
     return credential
 
-
-def header_pairs(headers: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Normalize a mapping or a pair list to a list of (name, value)."""
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
