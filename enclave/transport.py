@@ -45,6 +45,7 @@ from ._vsock_address import (
     TransportLimits,
     VsockAddress,
 )
+from .retry import backoff
 
 __all__ = [
     "PARENT_CID",
@@ -362,8 +363,8 @@ class _Target:
         return TransportError(code, message + hint, address=self.address)
 
 
-def _backoff(limits: TransportLimits, attempt: int) -> float:
-    return min(limits.backoff_max, limits.backoff_initial * (2 ** min(attempt, 30)))
+def _backoff(limits: TransportLimits, retry: int) -> float:
+    return backoff(retry + 1, limits.backoff_initial, limits.backoff_max)
 
 
 async def open_connection(

@@ -19,6 +19,7 @@ from typing import Any
 
 from attestation.errors import UNAVAILABLE, CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, ProtocolLimits, RemoteError
+from enclave.retry import backoff
 from enclave.transport import VsockAddress
 
 log = logging.getLogger("parent.proxy")
@@ -139,9 +140,7 @@ class EnclavePool:
                         extra={"fields": {"slot": slot.index,
                                           "code": getattr(exc, "code", type(exc).__name__)}},
                     )
-                delay = min(
-                    self.limits.backoff_max_s, self.limits.backoff_initial_s * 2 ** (attempt - 1)
-                )
+                delay = backoff(attempt, self.limits.backoff_initial_s, self.limits.backoff_max_s)
                 await asyncio.sleep(delay)
                 continue
             attempt = 0

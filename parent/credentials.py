@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 from attestation.errors import BAD_REQUEST, UNAVAILABLE, CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
+from enclave.retry import backoff
 from enclave.transport import TransportError, VsockAddress
 from enclave.wire import APP_PORT, SET_CREDENTIALS_OP
 
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DEFAULT_ENCLAVE_PORT = APP_PORT
+BACKOFF_JITTER = 0.2  # +-20 % on each retry pause of a push
 
 log = logging.getLogger("parent.credentials")
 
@@ -194,9 +195,9 @@ class CredentialSender:
 
     def backoff(self, attempt: int) -> float:
         """Pause before retry number `attempt` (1-based), with ±20 % jitter."""
-        lim = self.limits
-        base = min(lim.backoff_max_s, lim.backoff_initial_s * 2 ** (attempt - 1))
-        return base * random.uniform(0.8, 1.2)
+        return backoff(
+            attempt, self.limits.backoff_initial_s, self.limits.backoff_max_s, jitter=BACKOFF_JITTER
+        )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Push forever (until `stop` is set), retrying failures with backoff."""
