@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
+from .service import EXIT_LISTEN, EXIT_USAGE, Started, run_service
 from .wire import APP_PORT
 
 DEFAULT_APP = "enclave.handlers:default_app"
 DEFAULT_PORT = APP_PORT
-EXIT_USAGE = 2
-EXIT_LISTEN = 5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(app: object, port: int) -> int:
+async def _start(app: object, port: int) -> Started | int:
     from .app import App, log_event
     from .transport import VMADDR_CID_ANY, TransportError, VsockAddress
 
@@ -54,30 +51,18 @@ async def _serve(app: object, port: int) -> int:
     except (TransportError, OSError) as exc:
         print(f"enclave: cannot listen on vsock port {port}: {exc}", file=sys.stderr)
         return EXIT_LISTEN
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     address = getattr(server, "address", None)
-    ready = {
-        "event": "ready",
-        "app": app.name,
-        "version": app.version,
-        "cid": getattr(address, "cid", None),
-        "port": port,
-        "pid": os.getpid(),
-    }
-    print(json.dumps(ready), flush=True)
     log_event("listening", app=app.name, version=app.version, port=port)
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         log_event("stopping", app=app.name)
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5.0)
         app.close()
-    return 0
+
+    ready = {"app": app.name, "version": app.version, "cid": getattr(address, "cid", None)}
+    return Started(ready={**ready, "port": port}, close=close)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         print(f"enclave: cannot load app {args.app!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_serve(app, args.port))
+    return run_service(lambda: _start(app, args.port))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 from attestation.errors import BAD_REQUEST, UNAVAILABLE, CodedError
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
 from enclave.retry import backoff
+from enclave.service import Started, run_service
 from enclave.transport import TransportError, VsockAddress
 from enclave.wire import APP_PORT, SET_CREDENTIALS_OP
 
@@ -283,16 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("giving up: %s", exc)
             return 1
         return 0
-    return asyncio.run(_run_until_signal(sender))
 
+    async def start() -> Started:
+        return Started(run=sender.run)
 
-async def _run_until_signal(sender: CredentialSender) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await sender.run(stop)
-    return 0
+    return run_service(start)
 
 
 if __name__ == "__main__":

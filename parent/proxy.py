@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from enclave.logs import configure_json_logging
+from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, run_service, serve_until_signal
 from enclave.transport import TransportError, VsockAddress
 from enclave.wire import APP_PORT
 
@@ -56,8 +54,6 @@ __all__ = [
 
 DEFAULT_PORT = 8080
 DEFAULT_ENCLAVE_PORT = APP_PORT
-EXIT_USAGE = 2
-EXIT_LISTEN = 5
 SHUTDOWN_TIMEOUT_S = 5.0
 
 log = logging.getLogger("parent.proxy")
@@ -108,7 +104,12 @@ def build_app(config: ProxyConfig) -> web.Application:
 
 
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
-    """Serve until ``stop`` is set; prints one JSON ``ready`` line with the URL."""
+    """Serve until ``stop`` (or SIGTERM/SIGINT); prints one JSON ``ready`` line with the URL."""
+    return await serve_until_signal(lambda: start_proxy(config), stop=stop)
+
+
+async def start_proxy(config: ProxyConfig) -> Started | int:
+    """Listen; the started service (ready line: url, enclave), or EXIT_LISTEN."""
     app = build_app(config)
     runner = web.AppRunner(
         app,
@@ -128,16 +129,15 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
         return EXIT_LISTEN
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
-    print(json.dumps({"event": "ready", "url": url, "pid": os.getpid(),
-                      "enclave": [config.enclave.cid, config.enclave.port]}), flush=True)
     log.info("listening", extra={"fields": {"url": url, "enclave_cid": config.enclave.cid,
                                             "enclave_port": config.enclave.port}})
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         log.info("stopping", extra={"fields": {}})
         await runner.cleanup()
-    return 0
+
+    ready = {"url": url, "enclave": [config.enclave.cid, config.enclave.port]}
+    return Started(ready=ready, close=close)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,14 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool=PoolLimits(size=args.pool_size),
     )
 
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await run_proxy(config, stop)
-
-    return asyncio.run(run())
+    return run_service(lambda: start_proxy(config))
 
 
 if __name__ == "__main__":

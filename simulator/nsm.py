@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
-import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -56,6 +54,7 @@ from enclave.nsm_codec import (
     decode_request,
     encode_response,
 )
+from enclave.service import Started, run_service
 
 from ._nsm_server import NsmServerLimits, serve_nsm
 from .measure import MeasureError, measure_enclave_code
@@ -296,7 +295,7 @@ def _load_or_create_pki(directory: Path) -> TestPKI:
     return pki
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _start(args: argparse.Namespace) -> Started:
     pki = _load_or_create_pki(Path(args.pki))
     nsm = SimulatedNsm.for_enclave(
         pki,
@@ -306,23 +305,15 @@ async def _run(args: argparse.Namespace) -> int:
         debug=args.debug,
     )
     server = await serve_nsm(nsm, args.socket)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     ready = {
-        "event": "ready",
         "socket": os.fspath(args.socket),
-        "pid": os.getpid(),
         "module_id": nsm.module_id,
         "debug": nsm.debug,
         "pcrs": {str(i): v.hex() for i, v in nsm.pcrs.items() if i in BOOT_LOCKED_PCRS},
         "root_pem": os.fspath(Path(args.pki) / "root.pem"),
     }
-    print(json.dumps(ready), flush=True)
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         server.close()
         close_clients = getattr(server, "close_clients", None)  # Python >= 3.13
         if callable(close_clients):
@@ -331,7 +322,8 @@ async def _run(args: argparse.Namespace) -> int:
             await asyncio.wait_for(server.wait_closed(), 5.0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.socket)
-    return 0
+
+    return Started(ready=ready, close=close)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="simulator.nsm: %(message)s")
     try:
-        return asyncio.run(_run(args))
+        return run_service(lambda: _start(args))
     except (OSError, ValueError, NsmError, MeasureError) as e:
         print(f"simulator.nsm: error: {e}", file=sys.stderr)
         return 2
