@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
+import dataclasses
 import json
 import os
 import threading
@@ -201,14 +201,14 @@ class EnclaveClient:
         if not isinstance(document, str):
             raise EnclaveClientError("bad-response", "attestation answer lacks 'document'")
         now = datetime.now(UTC)
+        max_age = self.limits.max_session_age
+        if self.policy.max_age is not None:
+            max_age = min(max_age, self.policy.max_age)
+        policy = dataclasses.replace(self.policy, nonce=nonce, max_age=max_age)
         try:
-            doc = verify(from_b64(document), self.policy, roots=self.roots, at=now)
+            doc = verify(from_b64(document), policy, roots=self.roots, at=now)
         except AttestationError as exc:
             raise EnclaveClientError("attestation-failed", f"{exc.code}: {exc.message}") from exc
-        if doc.nonce is None or not hmac.compare_digest(doc.nonce, nonce):
-            raise EnclaveClientError("attestation-failed", "document does not carry our nonce")
-        if doc.datetime < now - self.limits.max_session_age:
-            raise EnclaveClientError("attestation-failed", "document is older than allowed")
         if doc.public_key is None:
             raise EnclaveClientError("attestation-failed", "document carries no public key")
         try:
