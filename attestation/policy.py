@@ -17,6 +17,7 @@ from typing import Protocol
 
 from .document import PCR_INDEX_LIMIT, PCR_SIZES, AttestationDocument
 from .errors import (
+    AttestationError,
     DebugEnclaveError,
     NonceMismatchError,
     PcrMismatchError,
@@ -163,7 +164,7 @@ class AnyOfPcrs:
 
 class _FieldMatches:
     field = ""
-    error = PcrMismatchError
+    error: type[AttestationError] = PcrMismatchError
 
     def __init__(self, expected: bytes) -> None:
         self.expected = expected

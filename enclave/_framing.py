@@ -309,6 +309,7 @@ def parse_request(item: Any) -> Request:
         raise FrameError(
             "bad-request", "timeout_ms must be an unsigned integer", request_id=rid
         )
+    assert isinstance(rid, int)  # _valid_id
     return Request(rid, op, item.get("body"), timeout_ms)
 
 
@@ -331,9 +332,9 @@ def parse_reply(item: Any) -> Reply:
         raise FrameError("bad-message", "reply error code must be a short text string")
     if not isinstance(message, str):
         raise FrameError("bad-message", "reply error message must be a text string")
-    kind = error.get("kind")
-    if not is_kind(kind):  # a peer that predates kinds: the protocol's table, else internal
-        kind = ProtocolError.kind_of(code)
+    sent = error.get("kind")
+    # a peer that predates kinds: the protocol's table, else internal
+    kind = sent if isinstance(sent, str) and is_kind(sent) else ProtocolError.kind_of(code)
     return Reply(rid, None, (code, clip(message), kind))
 
 

@@ -466,7 +466,7 @@ def decode_request(data: bytes) -> Request:
     if cls is None:
         raise NsmError("InvalidOperation", f"unknown request {name[:40]!r}")
     try:
-        return _from_body(cls, body, is_unit)  # type: ignore[return-value]
+        return _from_body(cls, body, is_unit)
     except _Bad as e:
         raise NsmError("InvalidArgument", f"{name}: {e}") from None
 

@@ -134,15 +134,22 @@ class KmsError(CodedError):
         "kms-bad-response": UNAVAILABLE,
         "kms-recipient-ignored": INTERNAL,
         "credentials-unavailable": UNAVAILABLE,
+        "credentials-expired": UNAVAILABLE,
         "attestation-failed": UNAVAILABLE,
         "bad-request": BAD_REQUEST,
     }
     show_code = True
 
     def __init__(
-        self, code: str, message: str, *, aws_code: str | None = None, operation: str = ""
+        self,
+        code: str,
+        message: str,
+        *,
+        aws_code: str | None = None,
+        operation: str = "",
+        kind: str | None = None,
     ) -> None:
-        super().__init__(code, message)
+        super().__init__(code, message, kind=kind)
         self.aws_code = aws_code
         self.operation = operation
 
@@ -486,9 +493,9 @@ def _typed(exc: BaseException, operation: str) -> KmsError:
         message = str(err.get("Message") or aws_code)[:MAX_ERROR_MESSAGE]
         code = KMS_ERROR_CODES.get(aws_code, "kms-error")
         return KmsError(code, f"{operation}: {message}", aws_code=aws_code, operation=operation)
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code.startswith("credentials-"):
-        return KmsError(code, getattr(exc, "message", str(exc)), operation=operation)
+    coded = getattr(exc, "code", None)
+    if isinstance(coded, str) and coded.startswith("credentials-"):
+        return KmsError(coded, getattr(exc, "message", str(exc)), operation=operation)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return KmsError("credentials-unavailable", "no AWS credentials", operation=operation)
     if isinstance(exc, botocore.exceptions.SSLError):
@@ -503,8 +510,12 @@ def _typed(exc: BaseException, operation: str) -> KmsError:
             f"{operation}: KMS unreachable through the relay ({type(exc).__name__})",
             operation=operation,
         )
-    if isinstance(code, str) and code:  # e.g. TunnelError
-        return KmsError(code, getattr(exc, "message", str(exc)), operation=operation)
+    if isinstance(coded, str) and coded:  # e.g. TunnelError: its code and kind
+        kind = getattr(exc, "kind", None)
+        return KmsError(
+            coded, getattr(exc, "message", str(exc)), operation=operation,
+            kind=kind if isinstance(kind, str) else None,
+        )
     return KmsError(
         "kms-error", f"{operation}: {type(exc).__name__}", operation=operation
     )

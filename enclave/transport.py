@@ -122,7 +122,7 @@ class _ServerProtocol(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._registry.discard(self._my_transport)  # type: ignore[arg-type]
+        self._registry.discard(self._my_transport)
         super().connection_lost(exc)
 
 
@@ -262,7 +262,7 @@ async def start_server(
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(SERVER_CLOSE_TIMEOUT):
                     await writer.wait_closed()
-            tasks.discard(task)  # type: ignore[arg-type]
+            tasks.discard(task)
 
     def factory() -> _ServerProtocol:
         reader = asyncio.StreamReader(limit=limits.stream_limit)

@@ -263,7 +263,9 @@ class EnclaveClient:
                 raise EnclaveClientError(exc.code, exc.message) from exc
             if reply["ok"]:
                 return reply.get("result")
-            error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+            error = reply.get("error")
+            if not isinstance(error, dict):
+                error = {}
             kind = error.get("kind")
             raise EnclaveClientError(
                 str(error.get("code", "remote-error")), str(error.get("message", "")),

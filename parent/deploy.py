@@ -200,7 +200,7 @@ class Deployer:
             self._print_call(service, operation, params)
             return {}
         method = getattr(self.client(service), _snake(operation))
-        return method(**params)  # type: ignore[no-any-return]
+        return method(**params)
 
     def _print_call(self, service: str, operation: str, params: Mapping[str, Any]) -> None:
         shown = dict(params)
@@ -668,14 +668,15 @@ class Deployer:
 
         quiet("RemoveRoleFromInstanceProfile", InstanceProfileName=name, RoleName=name)
         quiet("DeleteInstanceProfile", InstanceProfileName=name)
-        policies, attached = ["read-deployment-artifacts"], []
+        policies: list[str] = ["read-deployment-artifacts"]
+        attached: list[str] = []
         if not self.dry_run:
             listed = quiet("ListRolePolicies", RoleName=name)
             if listed is None:
                 return None  # no such role
             policies = listed.get("PolicyNames", [])
-            attached = quiet("ListAttachedRolePolicies", RoleName=name) or {}
-            attached = [a["PolicyArn"] for a in attached.get("AttachedPolicies", [])]
+            found = quiet("ListAttachedRolePolicies", RoleName=name) or {}
+            attached = [a["PolicyArn"] for a in found.get("AttachedPolicies", [])]
         for arn in attached:
             quiet("DetachRolePolicy", RoleName=name, PolicyArn=arn)
         for policy in policies:

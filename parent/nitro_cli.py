@@ -319,7 +319,7 @@ class NitroCli:
         if memory_mib < 1:
             raise NitroCliError("invalid-argument", f"memory_mib must be >= 1, got {memory_mib}")
         if enclave_cid not in (None, 0) and not (
-            MIN_ENCLAVE_CID <= enclave_cid <= MAX_ENCLAVE_CID  # type: ignore[operator]
+            MIN_ENCLAVE_CID <= enclave_cid <= MAX_ENCLAVE_CID
         ):
             raise NitroCliError(
                 "invalid-argument",

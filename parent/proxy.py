@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -94,7 +94,7 @@ def build_app(config: ProxyConfig) -> web.Application:
     app.router.add_get("/v1", handlers.list_routes)
     app.router.add_post("/v1/{op}", handlers.op)
 
-    async def lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await pool.start()
         yield
         await pool.close()
