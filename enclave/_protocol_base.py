@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from attestation.errors import BAD_REQUEST, CODE_PATTERN, MAX_CODE_LENGTH, CodedError
@@ -40,6 +41,12 @@ ERROR_CODES: dict[str, str] = {
     "invalid-limits": "a ProtocolLimits field is out of range",
     "bad-handlers": "serve() was given something other than op names mapped to callables",
 }
+
+
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("request_deadline", default=None)
+"""Event-loop time by which the request being handled must be answered: the server sets it
+from ``min(request_timeout, the request's timeout_ms)``, so a handler (``enclave.app``)
+derives its own deadline from the caller's instead of setting another one."""
 
 
 class ProtocolError(CodedError):

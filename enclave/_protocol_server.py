@@ -26,7 +26,7 @@ from ._framing import (
     frame,
     parse_request,
 )
-from ._protocol_base import HandlerError, ProtocolLimits
+from ._protocol_base import REQUEST_DEADLINE, HandlerError, ProtocolLimits
 
 logger = logging.getLogger("enclave.protocol")
 
@@ -176,6 +176,7 @@ class ServerConnection:
         if request.timeout_ms is not None:
             timeout = min(timeout, request.timeout_ms / 1000)
         deadline = asyncio.timeout(timeout)
+        REQUEST_DEADLINE.set(self._loop.time() + timeout)  # this request's task only
         try:
             async with deadline:
                 body = await handler(request.body)

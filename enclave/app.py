@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from attestation.errors import INTERNAL, UNAVAILABLE, CodedError, is_code
 
+from ._protocol_base import REQUEST_DEADLINE
 from .e2e import E2EError, EnclaveE2EKey
 from .logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
 from .logs import configure_json_logging as configure_json_logging
@@ -280,6 +281,9 @@ class App:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline_s = op.deadline_s or self.limits.default_deadline_s
+        outer = REQUEST_DEADLINE.get()  # the caller's deadline, carried on the wire
+        if outer is not None:
+            deadline_s = max(0.001, min(deadline_s, outer - start))
         ctx = Context(self, op.name, f"{next(self._ids):x}", start + deadline_s, end_to_end)
         code = "ok"
         deadline = asyncio.timeout(deadline_s)

@@ -34,6 +34,7 @@ log = logging.getLogger("parent.proxy")
 REQUEST_ID_HEADER = "X-Request-Id"
 RID_KEY = web.RequestKey("request_id", str)
 OP_KEY = web.RequestKey("op", str)
+START_KEY = web.RequestKey("start", float)  # event-loop time the request arrived
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _OP_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_JSON_DEPTH = 32
@@ -57,7 +58,10 @@ class HttpLimits:
     body_timeout_s: float = 10.0  # to receive a whole body once headers arrived
     header_timeout_s: float = 10.0  # a connection must send a full request head within this
     lingering_s: float = 1.0  # after an early error, unread body is drained this long, then close
-    request_timeout_s: float = 15.0  # enclave round trip (the enclave's own deadlines are shorter)
+    request_timeout_s: float = 15.0
+    """The one outer deadline of a forwarded request, from its arrival: the wait for a slot
+    and the enclave round trip share it, and the enclave is told what remains (timeout_ms),
+    so its handler's deadline derives from this one."""
     health_timeout_s: float = 1.0
     max_in_flight: int = 1024  # requests being forwarded at once
     max_waiting: int = 2048  # more requests wait for a slot; beyond: 503 at once
@@ -139,13 +143,16 @@ class Backpressure:
         self.waiting = 0
         self.refused = 0
 
-    async def acquire(self) -> None:
+    async def acquire(self, budget_s: float | None = None) -> None:
         if self.waiting >= self.limits.max_waiting and self._slots.locked():
             self.refused += 1
             raise ProxyError("proxy-busy", "too many requests in progress; retry later")
         self.waiting += 1
+        wait = self.limits.queue_timeout_s if budget_s is None else min(
+            self.limits.queue_timeout_s, budget_s
+        )
         try:
-            async with asyncio.timeout(self.limits.queue_timeout_s):
+            async with asyncio.timeout(wait):
                 await self._slots.acquire()
         except TimeoutError:
             self.refused += 1
@@ -219,10 +226,20 @@ class ProxyHandlers:
             raise ProxyError("bad-json", "the body must be a JSON object")
         return body
 
-    async def forward(self, op: str, body: Any) -> Any:
-        await self.backpressure.acquire()
+    def deadline(self, request: web.Request) -> float:
+        """Event-loop time by which ``request`` must be answered (its one outer deadline)."""
+        return request[START_KEY] + self.limits.request_timeout_s
+
+    async def forward(self, op: str, body: Any, deadline: float | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.limits.request_timeout_s
+        await self.backpressure.acquire(max(0.0, deadline - loop.time()))
         try:
-            return await self.pool.request(op, body, timeout=self.limits.request_timeout_s)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            return await self.pool.request(op, body, timeout=remaining)
         except RemoteError as exc:
             raise ProxyError(exc.code, exc.message, kind=exc.kind) from None
         except TimeoutError:
@@ -274,7 +291,7 @@ class ProxyHandlers:
         if extra:
             raise ProxyError("bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
         nonce = b64_field(body, "nonce")
-        answer = await self.forward("attestation", {"nonce": nonce})
+        answer = await self.forward("attestation", {"nonce": nonce}, self.deadline(request))
         return self._ok(request, {"document": _bytes_field(answer, "document")})
 
     async def e2e(self, request: web.Request) -> web.Response:
@@ -283,7 +300,7 @@ class ProxyHandlers:
         if extra:
             raise ProxyError("bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
         sealed = b64_field(body, "sealed")
-        answer = await self.forward("e2e", {"sealed": sealed})
+        answer = await self.forward("e2e", {"sealed": sealed}, self.deadline(request))
         return self._ok(request, {"sealed": _bytes_field(answer, "sealed")})
 
     async def op(self, request: web.Request) -> web.Response:
@@ -304,7 +321,7 @@ class ProxyHandlers:
         for field_name in self.routes[name]:
             if field_name in body:
                 body[field_name] = b64_field(body, field_name)
-        answer = await self.forward(name, body)
+        answer = await self.forward(name, body, self.deadline(request))
         return self._ok(request, to_json(answer))
 
     async def list_routes(self, request: web.Request) -> web.Response:
@@ -345,6 +362,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     given = request.headers.get(REQUEST_ID_HEADER, "")
     rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
     request[RID_KEY] = rid
+    request[START_KEY] = asyncio.get_running_loop().time()
     start = time.perf_counter()
     code = "ok"
     try:

@@ -224,7 +224,7 @@ class EnclavePool:
             raise
         except ProtocolError as exc:
             if exc.code != "connection-lost":  # refused before sending (frame-too-large, ...)
-                raise RemoteError(exc.code, exc.message) from None
+                raise RemoteError(exc.code, exc.message, kind=exc.kind) from None
             if slot.client is client:
                 slot.broken.set()
             raise EnclaveUnavailable(
