@@ -11,16 +11,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, ClassVar, Final
 
-BAD_REQUEST: Final = "bad-request"
-FORBIDDEN: Final = "forbidden"
-NOT_FOUND: Final = "not-found"
-CONFLICT: Final = "conflict"
-UNAVAILABLE: Final = "unavailable"
-INTERNAL: Final = "internal"
-KINDS: Final[tuple[str, ...]] = (BAD_REQUEST, FORBIDDEN, NOT_FOUND, CONFLICT, UNAVAILABLE, INTERNAL)
-"""The error kinds (DESIGN §3): every code belongs to one; the wire carries it with the code."""
+
+class Kind(StrEnum):
+    """The error kinds (DESIGN §3): every code belongs to one; the wire carries it with the code.
+
+    Callers decide by kind (retry, report, HTTP status); the code says exactly what happened.
+    """
+
+    BAD_REQUEST = "bad-request"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not-found"
+    CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+BAD_REQUEST: Final = Kind.BAD_REQUEST
+FORBIDDEN: Final = Kind.FORBIDDEN
+NOT_FOUND: Final = Kind.NOT_FOUND
+CONFLICT: Final = Kind.CONFLICT
+UNAVAILABLE: Final = Kind.UNAVAILABLE
+INTERNAL: Final = Kind.INTERNAL
+KINDS: Final[tuple[str, ...]] = tuple(k.value for k in Kind)
+"""The kinds' names, in the order of DESIGN §3."""
+_KIND_NAMES = frozenset(KINDS)
 
 MAX_CODE_LENGTH: Final = 64
 CODE_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
@@ -37,7 +54,7 @@ def is_code(value: object) -> bool:
 
 def is_kind(value: object) -> bool:
     """True for one of :data:`KINDS`."""
-    return isinstance(value, str) and value in KINDS
+    return isinstance(value, str) and value in _KIND_NAMES
 
 
 class CodedError(Exception):
@@ -52,7 +69,7 @@ class CodedError(Exception):
     """
 
     code: str
-    kind: str = INTERNAL
+    kind: str = Kind.INTERNAL
     codes: ClassVar[Mapping[str, str]] = {}
     """The family's codes and their kinds (families with a code per instance)."""
     show_code: ClassVar[bool] = False
@@ -69,7 +86,8 @@ class CodedError(Exception):
     ) -> None:
         super().__init__(f"{code}: {message}" if self.show_code else message)
         self.code = code
-        self.kind = kind if kind is not None and is_kind(kind) else type(self).kind_of(code)
+        chosen = kind if kind is not None and is_kind(kind) else type(self).kind_of(code)
+        self.kind = str(Kind(chosen))  # a plain str on the wire and in JSON
         self.message = message
         self.expected = expected
         self.found = found

@@ -18,7 +18,7 @@ from typing import Any
 
 import cbor2
 
-from attestation.errors import INTERNAL, MAX_CODE_LENGTH, is_code, is_kind
+from attestation.errors import MAX_CODE_LENGTH, Kind, is_code, is_kind
 
 from ._protocol_base import (
     MAX_OP_LENGTH,
@@ -355,7 +355,7 @@ def encode_error(rid: int | None, code: str, message: str, kind: str | None = No
     """An error reply ``{"id", "error": {"code", "kind", "message"}}``; a malformed code is
     sent as ``internal``, a missing kind is the protocol's for the code."""
     if not is_code(code):
-        code, kind = "internal", INTERNAL
+        code, kind = "internal", Kind.INTERNAL
     if kind is None or not is_kind(kind):
         kind = ProtocolError.kind_of(code)
     error = {"code": code, "kind": kind, "message": clip(message)}

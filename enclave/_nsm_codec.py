@@ -16,7 +16,40 @@ from typing import Any, ClassVar, TypeVar
 
 import cbor2
 
-from attestation.errors import BAD_REQUEST, CONFLICT, INTERNAL, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
+
+__all__ = [
+    "DIGEST_SIZES",
+    "ERROR_CODES",
+    "MAX_CBOR_DEPTH",
+    "NSM_ERROR_CODES",
+    "NSM_REQUEST_MAX_SIZE",
+    "NSM_RESPONSE_MAX_SIZE",
+    "REQUEST_TYPES",
+    "RESPONSE_FOR",
+    "Attestation",
+    "AttestationDocumentBytes",
+    "DescribeNsm",
+    "DescribePcr",
+    "ErrorResponse",
+    "ExtendPcr",
+    "GetRandom",
+    "LockPcr",
+    "LockPcrs",
+    "NsmDescription",
+    "NsmError",
+    "PcrExtended",
+    "PcrInfo",
+    "PcrLocked",
+    "PcrsLocked",
+    "RandomBytes",
+    "Request",
+    "Response",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+]
 
 NSM_REQUEST_MAX_SIZE = 0x1000
 """Largest request the kernel driver accepts (``NSM_REQUEST_MAX_SIZE``); larger → EMSGSIZE."""
@@ -44,15 +77,15 @@ DIGEST_SIZES: dict[str, int] = {"SHA256": 32, "SHA384": 48, "SHA512": 64}
 
 
 NSM_ERROR_CODES: dict[str, tuple[str, str]] = {
-    "InvalidArgument": ("nsm-invalid-argument", BAD_REQUEST),
-    "InvalidIndex": ("nsm-invalid-index", BAD_REQUEST),
-    "InvalidResponse": ("nsm-invalid-response", INTERNAL),
-    "ReadOnlyIndex": ("nsm-read-only-index", CONFLICT),
-    "InvalidOperation": ("nsm-invalid-operation", BAD_REQUEST),
-    "BufferTooSmall": ("nsm-buffer-too-small", INTERNAL),
-    "InputTooLarge": ("nsm-input-too-large", BAD_REQUEST),
-    "InternalError": ("nsm-internal-error", INTERNAL),
-    "DeviceUnavailable": ("nsm-device-unavailable", UNAVAILABLE),
+    "InvalidArgument": ("nsm-invalid-argument", Kind.BAD_REQUEST),
+    "InvalidIndex": ("nsm-invalid-index", Kind.BAD_REQUEST),
+    "InvalidResponse": ("nsm-invalid-response", Kind.INTERNAL),
+    "ReadOnlyIndex": ("nsm-read-only-index", Kind.CONFLICT),
+    "InvalidOperation": ("nsm-invalid-operation", Kind.BAD_REQUEST),
+    "BufferTooSmall": ("nsm-buffer-too-small", Kind.INTERNAL),
+    "InputTooLarge": ("nsm-input-too-large", Kind.BAD_REQUEST),
+    "InternalError": ("nsm-internal-error", Kind.INTERNAL),
+    "DeviceUnavailable": ("nsm-device-unavailable", Kind.UNAVAILABLE),
 }
 """NSM ``ErrorCode`` name (and the client's ``DeviceUnavailable``) -> (our code, its kind)."""
 

@@ -6,7 +6,7 @@ import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from attestation.errors import BAD_REQUEST, CODE_PATTERN, MAX_CODE_LENGTH, CodedError
+from attestation.errors import CODE_PATTERN, MAX_CODE_LENGTH, CodedError, Kind
 
 from .wire import PROTOCOL_CODES
 
@@ -95,7 +95,7 @@ class HandlerError(CodedError):
     """
 
     codes = PROTOCOL_CODES
-    kind = BAD_REQUEST
+    kind = Kind.BAD_REQUEST
     show_code = True
 
     def __init__(self, code: str, message: str = "", *, kind: str | None = None) -> None:

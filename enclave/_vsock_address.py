@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from attestation.errors import BAD_REQUEST, CONFLICT, INTERNAL, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 
 from .wire import PARENT_CID as PARENT_CID  # the parent EC2 instance (NE_PARENT_VM_CID)
 
@@ -42,16 +42,16 @@ class TransportError(CodedError):
     """
 
     codes = {
-        "invalid-address": BAD_REQUEST,
-        "connect-refused": UNAVAILABLE,
-        "connect-timeout": UNAVAILABLE,
-        "connect-failed": UNAVAILABLE,
-        "address-in-use": CONFLICT,
-        "bind-failed": UNAVAILABLE,
-        "vsock-unavailable": UNAVAILABLE,
-        "sim-dir-unsafe": INTERNAL,
-        "sim-cid-unset": INTERNAL,
-        "invalid-limits": INTERNAL,
+        "invalid-address": Kind.BAD_REQUEST,
+        "connect-refused": Kind.UNAVAILABLE,
+        "connect-timeout": Kind.UNAVAILABLE,
+        "connect-failed": Kind.UNAVAILABLE,
+        "address-in-use": Kind.CONFLICT,
+        "bind-failed": Kind.UNAVAILABLE,
+        "vsock-unavailable": Kind.UNAVAILABLE,
+        "sim-dir-unsafe": Kind.INTERNAL,
+        "sim-cid-unset": Kind.INTERNAL,
+        "invalid-limits": Kind.INTERNAL,
     }
     show_code = True
 

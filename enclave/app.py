@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from attestation.errors import INTERNAL, UNAVAILABLE, CodedError, is_code
+from attestation.errors import CodedError, Kind, is_code
 
 from ._protocol_base import REQUEST_DEADLINE
 from .e2e import E2EError, EnclaveE2EKey
@@ -310,7 +310,7 @@ class App:
                 raise HandlerError(code, "internal error in the enclave app") from None
             code = "deadline-exceeded"
             raise HandlerError(
-                code, f"{op.name} did not finish within {deadline_s:g} s", kind=UNAVAILABLE
+                code, f"{op.name} did not finish within {deadline_s:g} s", kind=Kind.UNAVAILABLE
             ) from None
         except asyncio.CancelledError:
             code = "cancelled"
@@ -341,7 +341,7 @@ class App:
         except TimeoutError:
             raise HandlerError(
                 "busy", f"more than {self.limits.max_concurrent} requests in progress",
-                kind=UNAVAILABLE,
+                kind=Kind.UNAVAILABLE,
             ) from None
 
     async def dispatch_sealed(self, sealed: bytes) -> bytes:
@@ -393,7 +393,7 @@ def _typed(exc: Exception) -> tuple[str, str, str]:
         message = exc.message if isinstance(exc.message, str) else exc.code
         return exc.code, message, exc.kind
     log_event("handler-crash", level=logging.WARNING, error=type(exc).__name__)
-    return "internal", "internal error in the enclave app", INTERNAL
+    return "internal", "internal error in the enclave app", Kind.INTERNAL
 
 
 def load_app(spec: str) -> App:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from attestation.errors import BAD_REQUEST, CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = [
     "AES_KEY_BYTES",
@@ -67,7 +67,7 @@ class CmsError(CodedError):
     """Base of every error of this module; ``code`` is stable and scriptable."""
 
     code = "cms-error"
-    kind = BAD_REQUEST
+    kind = Kind.BAD_REQUEST
 
     def __init__(self, message: str, *, expected: Any = None, found: Any = None) -> None:
         super().__init__(type(self).code, message, expected=expected, found=found)

@@ -34,7 +34,7 @@ from botocore.credentials import (
     DeferredRefreshableCredentials,
 )
 
-from attestation.errors import BAD_REQUEST, UNAVAILABLE
+from attestation.errors import Kind
 
 from .protocol import HandlerError
 from .wire import SET_CREDENTIALS_OP
@@ -78,9 +78,9 @@ class CredentialsError(HandlerError):
     """
 
     codes = {
-        "bad-credentials": BAD_REQUEST,
-        "credentials-expired": UNAVAILABLE,
-        "credentials-unavailable": UNAVAILABLE,
+        "bad-credentials": Kind.BAD_REQUEST,
+        "credentials-expired": Kind.UNAVAILABLE,
+        "credentials-unavailable": Kind.UNAVAILABLE,
     }
 
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from attestation.errors import BAD_REQUEST, CONFLICT, CodedError
+from attestation.errors import CodedError, Kind
 
 VERSION = 1
 SUITE_NAME = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
@@ -53,15 +53,15 @@ class E2EError(CodedError):
     """A sealed request or reply could not be built or opened; ``code`` is stable."""
 
     codes = {
-        "e2e-malformed": BAD_REQUEST,
-        "e2e-version": BAD_REQUEST,
-        "e2e-decrypt-failed": BAD_REQUEST,
-        "e2e-stale": BAD_REQUEST,
-        "e2e-replay": CONFLICT,
-        "e2e-too-large": BAD_REQUEST,
-        "e2e-bad-key": BAD_REQUEST,
+        "e2e-malformed": Kind.BAD_REQUEST,
+        "e2e-version": Kind.BAD_REQUEST,
+        "e2e-decrypt-failed": Kind.BAD_REQUEST,
+        "e2e-stale": Kind.BAD_REQUEST,
+        "e2e-replay": Kind.CONFLICT,
+        "e2e-too-large": Kind.BAD_REQUEST,
+        "e2e-bad-key": Kind.BAD_REQUEST,
     }
-    kind = BAD_REQUEST
+    kind = Kind.BAD_REQUEST
     show_code = True
 
 

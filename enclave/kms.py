@@ -28,15 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
-from attestation.errors import (
-    BAD_REQUEST,
-    CONFLICT,
-    FORBIDDEN,
-    INTERNAL,
-    NOT_FOUND,
-    UNAVAILABLE,
-    CodedError,
-)
+from attestation.errors import CodedError, Kind
 
 from ._enclave_key import KeyLimits, RecipientKey, RecipientKeyring
 from .cms import CmsError, decrypt_enveloped_data
@@ -116,27 +108,27 @@ class KmsError(CodedError):
     """A failed attested KMS call. `code` is stable; `aws_code` is KMS's own, if any."""
 
     codes = {
-        "kms-access-denied": FORBIDDEN,
-        "kms-not-found": NOT_FOUND,
-        "kms-invalid-ciphertext": BAD_REQUEST,
-        "kms-incorrect-key": BAD_REQUEST,
-        "kms-invalid-key-usage": BAD_REQUEST,
-        "kms-key-disabled": CONFLICT,
-        "kms-invalid-state": CONFLICT,
-        "kms-unavailable": UNAVAILABLE,
-        "kms-throttled": UNAVAILABLE,
-        "kms-invalid-request": BAD_REQUEST,
-        "kms-unsupported": BAD_REQUEST,
-        "kms-bad-credentials": UNAVAILABLE,
-        "kms-error": UNAVAILABLE,
-        "kms-unreachable": UNAVAILABLE,
-        "kms-tls-failed": UNAVAILABLE,
-        "kms-bad-response": UNAVAILABLE,
-        "kms-recipient-ignored": INTERNAL,
-        "credentials-unavailable": UNAVAILABLE,
-        "credentials-expired": UNAVAILABLE,
-        "attestation-failed": UNAVAILABLE,
-        "bad-request": BAD_REQUEST,
+        "kms-access-denied": Kind.FORBIDDEN,
+        "kms-not-found": Kind.NOT_FOUND,
+        "kms-invalid-ciphertext": Kind.BAD_REQUEST,
+        "kms-incorrect-key": Kind.BAD_REQUEST,
+        "kms-invalid-key-usage": Kind.BAD_REQUEST,
+        "kms-key-disabled": Kind.CONFLICT,
+        "kms-invalid-state": Kind.CONFLICT,
+        "kms-unavailable": Kind.UNAVAILABLE,
+        "kms-throttled": Kind.UNAVAILABLE,
+        "kms-invalid-request": Kind.BAD_REQUEST,
+        "kms-unsupported": Kind.BAD_REQUEST,
+        "kms-bad-credentials": Kind.UNAVAILABLE,
+        "kms-error": Kind.UNAVAILABLE,
+        "kms-unreachable": Kind.UNAVAILABLE,
+        "kms-tls-failed": Kind.UNAVAILABLE,
+        "kms-bad-response": Kind.UNAVAILABLE,
+        "kms-recipient-ignored": Kind.INTERNAL,
+        "credentials-unavailable": Kind.UNAVAILABLE,
+        "credentials-expired": Kind.UNAVAILABLE,
+        "attestation-failed": Kind.UNAVAILABLE,
+        "bad-request": Kind.BAD_REQUEST,
     }
     show_code = True
 

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import INTERNAL, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 
 from .transport import (
     PARENT_CID,
@@ -66,12 +66,12 @@ class TunnelError(CodedError):
     """The forwarder could not start or was misused; `code` is stable."""
 
     codes = {
-        "bad-scheme": INTERNAL,
-        "listen-failed": UNAVAILABLE,
-        "not-started": INTERNAL,
-        "plaintext-outside-simulation": INTERNAL,
-        "start-timeout": UNAVAILABLE,
-        "loopback-unavailable": UNAVAILABLE,
+        "bad-scheme": Kind.INTERNAL,
+        "listen-failed": Kind.UNAVAILABLE,
+        "not-started": Kind.INTERNAL,
+        "plaintext-outside-simulation": Kind.INTERNAL,
+        "start-timeout": Kind.UNAVAILABLE,
+        "loopback-unavailable": Kind.UNAVAILABLE,
     }
     show_code = True
 

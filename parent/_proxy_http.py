@@ -16,15 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from attestation.errors import (
-    BAD_REQUEST,
-    CONFLICT,
-    FORBIDDEN,
-    INTERNAL,
-    NOT_FOUND,
-    UNAVAILABLE,
-    CodedError,
-)
+from attestation.errors import CodedError, Kind
 from enclave.protocol import RemoteError
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
@@ -41,12 +33,12 @@ MAX_JSON_DEPTH = 32
 READ_CHUNK = 64 * 1024
 
 STATUS_FOR_KIND: Mapping[str, int] = {
-    BAD_REQUEST: 400,
-    FORBIDDEN: 403,
-    NOT_FOUND: 404,
-    CONFLICT: 409,
-    UNAVAILABLE: 503,
-    INTERNAL: 500,
+    Kind.BAD_REQUEST: 400,
+    Kind.FORBIDDEN: 403,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.UNAVAILABLE: 503,
+    Kind.INTERNAL: 500,
 }
 """The one error kind -> HTTP status table (DESIGN §3): no code has a status of its own."""
 _DROP_CONNECTION = frozenset({"payload-too-large", "body-timeout"})  # body not read to its end
@@ -72,21 +64,21 @@ class ProxyError(CodedError):
     """An answer the proxy gives itself, or an enclave error passed on with its kind."""
 
     codes = {
-        "bad-request": BAD_REQUEST,
-        "forbidden-field": BAD_REQUEST,
-        "bad-base64": BAD_REQUEST,
-        "bad-json": BAD_REQUEST,
-        "payload-too-large": BAD_REQUEST,
-        "body-timeout": BAD_REQUEST,
-        "method-not-allowed": BAD_REQUEST,
-        "http-error": BAD_REQUEST,
-        "not-found": NOT_FOUND,
-        "unknown-op": NOT_FOUND,
-        "proxy-busy": UNAVAILABLE,
-        "enclave-timeout": UNAVAILABLE,
-        "enclave-unavailable": UNAVAILABLE,
-        "bad-response": INTERNAL,
-        "internal": INTERNAL,
+        "bad-request": Kind.BAD_REQUEST,
+        "forbidden-field": Kind.BAD_REQUEST,
+        "bad-base64": Kind.BAD_REQUEST,
+        "bad-json": Kind.BAD_REQUEST,
+        "payload-too-large": Kind.BAD_REQUEST,
+        "body-timeout": Kind.BAD_REQUEST,
+        "method-not-allowed": Kind.BAD_REQUEST,
+        "http-error": Kind.BAD_REQUEST,
+        "not-found": Kind.NOT_FOUND,
+        "unknown-op": Kind.NOT_FOUND,
+        "proxy-busy": Kind.UNAVAILABLE,
+        "enclave-timeout": Kind.UNAVAILABLE,
+        "enclave-unavailable": Kind.UNAVAILABLE,
+        "bad-response": Kind.INTERNAL,
+        "internal": Kind.INTERNAL,
     }
     show_code = True
 
@@ -266,11 +258,11 @@ class ProxyHandlers:
         except (EnclaveUnavailable, TimeoutError, RemoteError) as exc:
             out["error"] = {
                 "code": getattr(exc, "code", "enclave-timeout"),
-                "kind": getattr(exc, "kind", UNAVAILABLE),
+                "kind": getattr(exc, "kind", Kind.UNAVAILABLE),
                 "message": getattr(exc, "message", "health probe timed out"),
             }
             return web.json_response(
-                out, status=status_for(UNAVAILABLE), headers={REQUEST_ID_HEADER: rid}
+                out, status=status_for(Kind.UNAVAILABLE), headers={REQUEST_ID_HEADER: rid}
             )
         out["enclave"] = "ok"
         if isinstance(answer, dict):
@@ -376,7 +368,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
             exc.status, "http-error"
         )
-        kind = ProxyError.kind_of(code) if exc.status < 500 else INTERNAL
+        kind = ProxyError.kind_of(code) if exc.status < 500 else Kind.INTERNAL
         response = error_response(code, kind, exc.reason, rid)
     except asyncio.CancelledError:
         code = "client-gone"
@@ -384,7 +376,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     except Exception as exc:
         code = "internal"
         log.error("proxy-error", extra={"fields": {"rid": rid, "error": type(exc).__name__}})
-        response = error_response("internal", INTERNAL, "internal proxy error", rid)
+        response = error_response("internal", Kind.INTERNAL, "internal proxy error", rid)
     finally:
         resource = request.match_info.route.resource
         fields = {

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 from enclave.protocol import ProtocolClient, ProtocolError, ProtocolLimits, RemoteError
 from enclave.retry import backoff
 from enclave.transport import VsockAddress
@@ -28,7 +28,7 @@ log = logging.getLogger("parent.proxy")
 class EnclaveUnavailable(CodedError):
     """No usable connection to the enclave (it is down, restarting, or the link broke)."""
 
-    kind = UNAVAILABLE
+    kind = Kind.UNAVAILABLE
     show_code = True
 
 

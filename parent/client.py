@@ -40,7 +40,7 @@ from typing import Any
 from cryptography import x509
 
 from attestation import AttestationDocument, AttestationError, Policy, verify
-from attestation.errors import BAD_REQUEST, FORBIDDEN, INTERNAL, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 from enclave.e2e import E2EError, load_public_key, seal_request
 
 __all__ = [
@@ -61,11 +61,11 @@ class EnclaveClientError(CodedError):
     ``http-error``, ``unreachable``, ``bad-response``, ``attestation-failed``."""
 
     codes = {
-        "http-error": INTERNAL,
-        "unreachable": UNAVAILABLE,
-        "bad-response": INTERNAL,
-        "attestation-failed": FORBIDDEN,
-        "e2e-decrypt-failed": BAD_REQUEST,
+        "http-error": Kind.INTERNAL,
+        "unreachable": Kind.UNAVAILABLE,
+        "bad-response": Kind.INTERNAL,
+        "attestation-failed": Kind.FORBIDDEN,
+        "e2e-decrypt-failed": Kind.BAD_REQUEST,
     }
     show_code = True
 

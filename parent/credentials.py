@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from attestation.errors import BAD_REQUEST, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
 from enclave.retry import backoff
 from enclave.service import Started, run_service
@@ -51,10 +51,10 @@ class HandoffError(CodedError):
     ``enclave-refused``, ``timeout``)."""
 
     codes = {
-        "no-credentials": UNAVAILABLE,
-        "enclave-unreachable": UNAVAILABLE,
-        "enclave-refused": BAD_REQUEST,
-        "timeout": UNAVAILABLE,
+        "no-credentials": Kind.UNAVAILABLE,
+        "enclave-unreachable": Kind.UNAVAILABLE,
+        "enclave-refused": Kind.BAD_REQUEST,
+        "timeout": Kind.UNAVAILABLE,
     }
     show_code = True
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from attestation.errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 
 from ._userdata import UserDataConfig, render
 
@@ -62,15 +62,15 @@ class DeployError(CodedError):
     """A deployment problem with a stable ``code`` and a human message."""
 
     codes = {
-        "admin-required": FORBIDDEN,
-        "bad-eif": BAD_REQUEST,
-        "instance-type": BAD_REQUEST,
-        "key-policy": BAD_REQUEST,
-        "memory-too-small": BAD_REQUEST,
-        "no-default-vpc": NOT_FOUND,
-        "propagation-timeout": UNAVAILABLE,
-        "sg-in-use": CONFLICT,
-        "usage": BAD_REQUEST,
+        "admin-required": Kind.FORBIDDEN,
+        "bad-eif": Kind.BAD_REQUEST,
+        "instance-type": Kind.BAD_REQUEST,
+        "key-policy": Kind.BAD_REQUEST,
+        "memory-too-small": Kind.BAD_REQUEST,
+        "no-default-vpc": Kind.NOT_FOUND,
+        "propagation-timeout": Kind.UNAVAILABLE,
+        "sg-in-use": Kind.CONFLICT,
+        "usage": Kind.BAD_REQUEST,
     }
 
 

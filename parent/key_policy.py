@@ -29,7 +29,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attestation.errors import BAD_REQUEST, CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -102,7 +102,7 @@ _POSITIVE_OPERATORS = frozenset({"stringequals", "stringequalsignorecase", "stri
 class KeyPolicyError(CodedError):
     """Measurements or arguments cannot make a safe policy; ``code`` is stable."""
 
-    kind = BAD_REQUEST  # every code: ambiguous-enclave, bad-measurements, bad-principal, ...
+    kind = Kind.BAD_REQUEST  # every code: ambiguous-enclave, bad-measurements, bad-principal, ...
 
 
 # ---------------------------------------------------------------------------- measurements

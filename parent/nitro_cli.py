@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import BAD_REQUEST, INTERNAL, UNAVAILABLE, CodedError
+from attestation.errors import CodedError, Kind
 
 from ._nitro_errors import ErrorInfo, explain, find_code
 
@@ -77,13 +77,13 @@ class NitroCliError(CodedError):
     ``nitro-cli-timeout``, ``nitro-cli-output``, ``nitro-cli-failed``, ``invalid-argument``.
     nitro-cli's own ``Exx`` codes are ``internal``."""
 
-    kind = INTERNAL  # nitro-cli's own Exx codes
+    kind = Kind.INTERNAL  # nitro-cli's own Exx codes
     codes = {
-        "invalid-argument": BAD_REQUEST,
-        "nitro-cli-missing": UNAVAILABLE,
-        "nitro-cli-timeout": UNAVAILABLE,
-        "nitro-cli-output": INTERNAL,
-        "nitro-cli-failed": INTERNAL,
+        "invalid-argument": Kind.BAD_REQUEST,
+        "nitro-cli-missing": Kind.UNAVAILABLE,
+        "nitro-cli-timeout": Kind.UNAVAILABLE,
+        "nitro-cli-output": Kind.INTERNAL,
+        "nitro-cli-failed": Kind.INTERNAL,
     }
 
     def __init__(

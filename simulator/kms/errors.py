@@ -11,15 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attestation.errors import (
-    BAD_REQUEST,
-    CONFLICT,
-    FORBIDDEN,
-    INTERNAL,
-    NOT_FOUND,
-    UNAVAILABLE,
-    CodedError,
-)
+from attestation.errors import CodedError, Kind
 
 __all__ = ["HTTP_STATUS", "KmsError"]
 
@@ -57,16 +49,18 @@ HTTP_STATUS: dict[str, int] = {
 }
 
 
-_KIND_OF_STATUS = {400: BAD_REQUEST, 408: UNAVAILABLE, 412: CONFLICT, 413: BAD_REQUEST}
+_KIND_OF_STATUS = {
+    400: Kind.BAD_REQUEST, 408: Kind.UNAVAILABLE, 412: Kind.CONFLICT, 413: Kind.BAD_REQUEST
+}
 _KINDS = {
-    "AccessDeniedException": FORBIDDEN,
-    "NotFoundException": NOT_FOUND,
-    "AlreadyExistsException": CONFLICT,
-    "DisabledException": CONFLICT,
-    "KMSInvalidStateException": CONFLICT,
-    "ThrottlingException": UNAVAILABLE,
-    "LimitExceededException": UNAVAILABLE,
-    "KMSInternalException": INTERNAL,
+    "AccessDeniedException": Kind.FORBIDDEN,
+    "NotFoundException": Kind.NOT_FOUND,
+    "AlreadyExistsException": Kind.CONFLICT,
+    "DisabledException": Kind.CONFLICT,
+    "KMSInvalidStateException": Kind.CONFLICT,
+    "ThrottlingException": Kind.UNAVAILABLE,
+    "LimitExceededException": Kind.UNAVAILABLE,
+    "KMSInternalException": Kind.INTERNAL,
 }
 
 
@@ -75,7 +69,7 @@ class KmsError(CodedError):
     not toolkit codes: this is the AWS JSON 1.1 contract)."""
 
     codes = {
-        name: _KINDS.get(name) or _KIND_OF_STATUS.get(status, INTERNAL)
+        name: _KINDS.get(name) or _KIND_OF_STATUS.get(status, Kind.INTERNAL)
         for name, status in HTTP_STATUS.items()
     }
 
