@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -93,7 +93,6 @@ class Started:
     """Stops listening and releases resources (bounded by CLOSE_TIMEOUT_S)."""
     run: Callable[[asyncio.Event], Awaitable[Any]] | None = None
     """Work to do until the event is set (default: wait for the event)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def serve_until_signal(
