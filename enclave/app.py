@@ -353,7 +353,7 @@ class App:
         try:
             result = await self.dispatch(request.op, request.body, end_to_end=True)
         except HandlerError as exc:
-            return request.seal_error(exc.code, exc.message)
+            return request.seal_error(exc.code, exc.message, exc.kind)
         return request.seal_result(result)
 
     def protocol_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:

@@ -12,7 +12,7 @@ cannot read. Wire format (all CBOR maps, docs/app.md "End-to-end requests"):
   ``{"op": tstr, "body": any, "rk": bstr(32), "id": bstr(16), "ts": uint (ms)}``.
 * sealed reply ``{"v": 1, "iv": bstr(12), "ct": bstr}``: AES-256-GCM under the response key
   ``rk`` chosen by the client, ``aad = REPLY_LABEL || 0x00 || id``; the plaintext is
-  ``{"ok": true, "result": any}`` or ``{"ok": false, "error": {"code", "message"}}``.
+  ``{"ok": true, "result": any}`` or ``{"ok": false, "error": {"code", "kind", "message"}}``.
 
 The enclave refuses a request id it has seen, or a timestamp outside the replay window, so the
 parent cannot replay a sealed request. Nothing here touches the network.
@@ -196,15 +196,22 @@ class OpenedRequest:
     def seal_result(self, result: Any) -> bytes:
         return self._seal({"ok": True, "result": result})
 
-    def seal_error(self, code: str, message: str) -> bytes:
-        return self._seal({"ok": False, "error": {"code": code, "message": message}})
+    def seal_error(self, code: str, message: str, kind: str = Kind.INTERNAL) -> bytes:
+        """A sealed error reply; the kind travels with the code, as on the protocol."""
+        error = {"code": code, "kind": str(kind), "message": message}
+        return self._seal({"ok": False, "error": error})
 
     def _seal(self, reply: dict) -> bytes:
         try:
             plain = cbor2.dumps(reply)
         except Exception:
             plain = cbor2.dumps(
-                {"ok": False, "error": {"code": "internal", "message": "unencodable result"}}
+                {
+                    "ok": False,
+                    "error": {
+                        "code": "internal", "kind": "internal", "message": "unencodable result"
+                    },
+                }
             )
         iv = os.urandom(REPLY_IV_LEN)
         ct = AESGCM(self.response_key).encrypt(iv, plain, reply_aad(self.request_id))
