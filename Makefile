@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint bench demo clean
+.PHONY: help venv test lint typecheck bench demo clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: $(STAMP) ## run the test suite
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP) ## mypy: strict for attestation/, clean for enclave/, parent/, simulator/
+	$(VENV)/bin/mypy
 
 bench: $(STAMP) ## run the benchmarks (see docs/benchmarks.md)
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -805,7 +805,7 @@ def load_measurements(data: Mapping[str, Any] | str | Path) -> dict[int, bytes]:
         try:
             data = json.loads(Path(data).read_text())
         except (OSError, ValueError) as exc:
-            raise EifError(f"cannot read measurements {os.fspath(data)!r}: {exc}") from exc
+            raise EifError(f"cannot read measurements {str(data)!r}: {exc}") from exc
     if not isinstance(data, Mapping):
         raise EifError("measurements must be a JSON object")
     table: Any = data.get("Measurements", data.get("pcrs", data))

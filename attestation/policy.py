@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from .document import PCR_INDEX_LIMIT, PCR_SIZES, AttestationDocument
 from .errors import (
+    AttestationError,
     DebugEnclaveError,
     NonceMismatchError,
     PcrMismatchError,
@@ -162,7 +164,7 @@ class AnyOfPcrs:
 
 class _FieldMatches:
     field = ""
-    error = PcrMismatchError
+    error: type[AttestationError] = PcrMismatchError
 
     def __init__(self, expected: bytes) -> None:
         self.expected = expected
@@ -207,8 +209,10 @@ def _optional_bytes(value: bytes | None, what: str) -> bytes | None:
     return bytes(value)
 
 
+@dataclass(frozen=True, eq=False, repr=False)
 class Policy:
-    """What an authentic document must also satisfy. Immutable once built.
+    """What an authentic document must also satisfy. Immutable once built; derive another
+    with ``dataclasses.replace(policy, nonce=...)`` (the new one is checked the same way).
 
     ``pcrs``: any subset of PCRs (index -> bytes or hex). ``any_of``: several acceptable PCR
     sets, one must match. ``image_sha384``: alias of PCR0 (KMS ``ImageSha384``). ``nonce``,
@@ -217,23 +221,26 @@ class Policy:
     are refused unless ``allow_debug=True``.
     """
 
-    __slots__ = ("_checks", "_description")
+    pcrs: Mapping[int, bytes | str] | None = None
+    any_of: Sequence[Mapping[int, bytes | str]] | None = None
+    image_sha384: bytes | str | None = None
+    nonce: bytes | None = None
+    user_data: bytes | None = None
+    public_key: bytes | None = None
+    max_age: timedelta | None = None
+    max_skew: timedelta = DEFAULT_MAX_SKEW
+    allow_debug: bool = False
+    _checks: tuple[Check, ...] = field(init=False, repr=False, default=())
+    _description: str = field(init=False, repr=False, default="")
 
-    def __init__(
-        self,
-        pcrs: Mapping[int, bytes | str] | None = None,
-        any_of: Sequence[Mapping[int, bytes | str]] | None = None,
-        image_sha384: bytes | str | None = None,
-        nonce: bytes | None = None,
-        user_data: bytes | None = None,
-        public_key: bytes | None = None,
-        max_age: timedelta | None = None,
-        max_skew: timedelta = DEFAULT_MAX_SKEW,
-        allow_debug: bool = False,
-    ) -> None:
+    def __post_init__(self) -> None:
+        pcrs, any_of, max_age, max_skew = self.pcrs, self.any_of, self.max_age, self.max_skew
+        allow_debug = self.allow_debug
         expected = _pcr_set(pcrs, "pcrs") if pcrs is not None else {}
-        if image_sha384 is not None:
-            image = _to_bytes(image_sha384, "image_sha384")
+        pcrs_only = dict(expected)
+        image: bytes | None = None
+        if self.image_sha384 is not None:
+            image = _to_bytes(self.image_sha384, "image_sha384")
             if len(image) != IMAGE_SHA384_SIZE:
                 raise PolicyError(f"image_sha384 is {len(image)} bytes, expected 48")
             if 0 in expected and expected[0] != image:
@@ -266,17 +273,25 @@ class Policy:
         if options is not None:
             checks.append(AnyOfPcrs(options))
             described.append(f"any_of={len(options)} sets")
+        normalized: dict[str, bytes | None] = {}
         for name, value, check in (
-            ("nonce", nonce, NonceMatches),
-            ("user_data", user_data, UserDataMatches),
-            ("public_key", public_key, PublicKeyMatches),
+            ("nonce", self.nonce, NonceMatches),
+            ("user_data", self.user_data, UserDataMatches),
+            ("public_key", self.public_key, PublicKeyMatches),
         ):
-            raw = _optional_bytes(value, name)
+            raw = normalized[name] = _optional_bytes(value, name)
             if raw is not None:
                 checks.append(check(raw))
                 described.append(name)
-        self._checks: tuple[Check, ...] = tuple(checks)
-        self._description = "; ".join(described)
+        # The fields keep their validated, normalized values (bytes, plain dicts, tuples).
+        put = object.__setattr__
+        put(self, "pcrs", pcrs_only if pcrs is not None else None)
+        put(self, "image_sha384", image)
+        put(self, "any_of", tuple(options) if options is not None else None)
+        for name, raw in normalized.items():
+            put(self, name, raw)
+        put(self, "_checks", tuple(checks))
+        put(self, "_description", "; ".join(described))
 
     @property
     def checks(self) -> tuple[Check, ...]:

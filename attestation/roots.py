@@ -9,7 +9,7 @@ passes them explicitly (``roots=[...]``), e.g. ``TestPKI.root_certificate``.
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
+import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,8 +42,21 @@ def load_root_pem(data: bytes) -> x509.Certificate:
     return certs[0]
 
 
+def _read_shipped_pem() -> bytes:
+    """The packaged PEM; a plain file read when the package is on disk (it nearly always is:
+    importlib.resources costs the CLI's start-up zipfile, tempfile and shutil)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "roots", _ROOT_FILE)
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_PEM_SIZE + 1)
+    except OSError:
+        from importlib import resources  # e.g. a zipped package
+
+        return resources.files(__package__).joinpath("roots", _ROOT_FILE).read_bytes()
+
+
 def _load_pinned_root() -> x509.Certificate:
-    pem = resources.files(__package__).joinpath("roots", _ROOT_FILE).read_bytes()
+    pem = _read_shipped_pem()
     cert = load_root_pem(pem)
     found = der_sha256(cert)
     if found != AWS_NITRO_ROOT_G1_SHA256:

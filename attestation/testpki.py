@@ -132,7 +132,9 @@ def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
     return x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(o, v)]) for o, v in pairs])
 
 
-def _key_usage(*, ds: bool = False, cc: bool = False, kcs: bool = False, crl: bool = False):
+def _key_usage(
+    *, ds: bool = False, cc: bool = False, kcs: bool = False, crl: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=ds,
         content_commitment=cc,
@@ -484,8 +486,8 @@ def _check_sign_args(
             raise ValueError(f"PCR index {index!r} is not in 0..31")
         if not isinstance(value, bytes | bytearray) or len(value) not in _PCR_SIZES:
             raise ValueError(f"PCR{index} must be 32, 48 or 64 bytes")
-    for name, value in (("public_key", public_key), ("user_data", user_data), ("nonce", nonce)):
-        if value is not None and (
-            not isinstance(value, bytes | bytearray) or len(value) > _MAX_FIELD
+    for name, field in (("public_key", public_key), ("user_data", user_data), ("nonce", nonce)):
+        if field is not None and (
+            not isinstance(field, bytes | bytearray) or len(field) > _MAX_FIELD
         ):
             raise ValueError(f"{name} must be bytes of at most {_MAX_FIELD}")

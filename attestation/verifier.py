@@ -67,7 +67,7 @@ class Verifier:
 
     @property
     def roots(self) -> tuple[x509.Certificate, ...]:
-        return tuple(r.info.cert for r in self._roots.values())
+        return tuple(r.cert for r in self._roots.values())
 
     def clear_cache(self) -> None:
         """Forget every cached certificate fact (the next documents verify cold)."""

@@ -19,17 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
+from .service import EXIT_LISTEN, EXIT_USAGE, Started, run_service
+from .wire import APP_PORT
+
 DEFAULT_APP = "enclave.handlers:default_app"
-DEFAULT_PORT = 5000
-EXIT_USAGE = 2
-EXIT_LISTEN = 5
+DEFAULT_PORT = APP_PORT
 EXIT_NO_NSM = 6
 
 
@@ -41,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--app", default=DEFAULT_APP, help=f"module:attr (default {DEFAULT_APP})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="vsock port (default 5000)")
     p.add_argument("--debug", action="store_true", help="log every request (ids and codes)")
+    p.add_argument(
+        "--no-loopback",
+        action="store_true",
+        help="do not bring up 'lo' on hardware (needed by the KMS tunnel)",
+    )
     p.add_argument("--asgi", metavar="MODULE:ATTR", help="also serve this ASGI app over TLS")
     p.add_argument("--ingress-port", type=int, default=None,
                    help="vsock port of the TLS listener (default 5443)")
@@ -48,15 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="the app's own private key (with --tls-cert)")
     p.add_argument("--proxy-protocol", action="store_true",
                    help="connections start with a PROXY v2 header (parent --proxy-protocol)")
-    p.add_argument(
-        "--no-loopback",
-        action="store_true",
-        help="do not bring up 'lo' on hardware (needed by the KMS tunnel)",
-    )
     return p
 
 
-async def _serve(app: object, port: int, asgi: object = None, args: object = None) -> int:
+async def _start(
+    app: object, port: int, asgi: object = None, args: object = None
+) -> Started | int:
     from .app import App, log_event
     from .transport import VMADDR_CID_ANY, TransportError, VsockAddress
 
@@ -66,10 +67,6 @@ async def _serve(app: object, port: int, asgi: object = None, args: object = Non
     except (TransportError, OSError) as exc:
         print(f"enclave: cannot listen on vsock port {port}: {exc}", file=sys.stderr)
         return EXIT_LISTEN
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     ingress = None
     if asgi is not None:
         from ._asgi_main import start
@@ -79,34 +76,27 @@ async def _serve(app: object, port: int, asgi: object = None, args: object = Non
             server.close()
             return EXIT_LISTEN
     address = getattr(server, "address", None)
-    ready = {
-        "event": "ready",
-        "app": app.name,
-        "version": app.version,
-        "cid": getattr(address, "cid", None),
-        "port": port,
-        "pid": os.getpid(),
-    }
-    if ingress is not None:
-        ready["ingress_port"] = ingress.address.port
-    print(json.dumps(ready), flush=True)
     log_event("listening", app=app.name, version=app.version, port=port)
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         log_event("stopping", app=app.name)
+        server.close()
         if ingress is not None:
             await ingress.stop()
-        server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5.0)
         app.close()
-    return 0
+
+    ready = {"app": app.name, "version": app.version, "cid": getattr(address, "cid", None)}
+    if ingress is not None:
+        ready["ingress_port"] = ingress.address.port
+    return Started(ready={**ready, "port": port}, close=close)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .app import configure_json_logging, load_app
+    from .app import load_app
+    from .logs import configure_json_logging
 
     configure_json_logging(logging.DEBUG if args.debug else logging.INFO)
     if not 0 < args.port < 2**32:
@@ -138,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
             print(f"enclave: cannot load ASGI app {args.asgi!r}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    return asyncio.run(_serve(app, args.port, asgi, args))
+    return run_service(lambda: _start(app, args.port, asgi, args))
 
 
 if __name__ == "__main__":

@@ -105,14 +105,6 @@ class RecipientKeyring:
             self._current = key
             return key
 
-    def rotate(self) -> RecipientKey:
-        """Replace the key pair now (e.g. after a suspected leak)."""
-        with self._lock:
-            private_key, spki = new_key_pair()
-            self._current = self._with_document(private_key, spki, key_created=self._clock())
-            self.rotations += 1
-            return self._current
-
     def _due(self, key: RecipientKey, now: float) -> bool:
         return (
             now - key.key_created >= self.limits.rotate_after_s

@@ -3,7 +3,7 @@
 Header, big-endian: ``"NE"`` (0x4E 0x45) | version (0x01) | flags (0x00) | u32 length.
 The payload is exactly one CBOR data item of ``length`` bytes: a request map
 ``{"id", "op", "body", ?"timeout_ms"}`` or a reply map ``{"id", "body"}`` /
-``{"id", "error": {"code", "message"}}``.
+``{"id", "error": {"code", "kind", "message"}}``.
 
 Everything here is sans-I/O: ``FrameDecoder.feed(bytes) -> [payload, ...]`` and the
 encode/parse functions. Every failure is a ``FrameError`` with a stable code.
@@ -12,23 +12,21 @@ encode/parse functions. Every failure is a ``FrameError`` with a stable code.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import cbor2
 
 from attestation._cbor import KEY_BYTES, KEY_INT, KEY_TEXT, CborLimits, decode_strict
-from attestation.errors import MalformedError
+from attestation.errors import MAX_CODE_LENGTH, Kind, MalformedError, is_code, is_kind
 
 from ._protocol_base import (
-    CODE_PATTERN,
-    MAX_CODE_LENGTH,
     MAX_OP_LENGTH,
     MAX_REQUEST_ID,
     MAX_U32,
     PROTOCOL_VERSION,
     FrameError,
+    ProtocolError,
     clip,
 )
 
@@ -265,11 +263,6 @@ def frame(payload: bytes) -> list[bytes]:
     return [header, payload]
 
 
-def write_frames(writer: Any, buffers: Iterable[bytes]) -> None:
-    for buffer in buffers:
-        writer.write(buffer)
-
-
 # --- messages ------------------------------------------------------------------------------
 
 
@@ -287,7 +280,8 @@ class Reply:
 
     id: int | None
     body: Any
-    error: tuple[str, str] | None
+    error: tuple[str, str, str] | None
+    """(code, message, kind)"""
 
 
 def _valid_id(value: Any) -> bool:
@@ -315,6 +309,7 @@ def parse_request(item: Any) -> Request:
         raise FrameError(
             "bad-request", "timeout_ms must be an unsigned integer", request_id=rid
         )
+    assert isinstance(rid, int)  # _valid_id
     return Request(rid, op, item.get("body"), timeout_ms)
 
 
@@ -337,7 +332,10 @@ def parse_reply(item: Any) -> Reply:
         raise FrameError("bad-message", "reply error code must be a short text string")
     if not isinstance(message, str):
         raise FrameError("bad-message", "reply error message must be a text string")
-    return Reply(rid, None, (code, clip(message)))
+    sent = error.get("kind")
+    # a peer that predates kinds: the protocol's table, else internal
+    kind = sent if isinstance(sent, str) and is_kind(sent) else ProtocolError.kind_of(code)
+    return Reply(rid, None, (code, clip(message), kind))
 
 
 def encode_request(
@@ -353,7 +351,12 @@ def encode_response(rid: int, body: Any, *, strict_keys: bool) -> bytes:
     return encode_cbor({"id": rid, "body": body}, strict_keys=strict_keys, what="response")
 
 
-def encode_error(rid: int | None, code: str, message: str) -> bytes:
-    if not CODE_PATTERN.match(code):
-        code = "internal"
-    return cbor2.dumps({"id": rid, "error": {"code": code, "message": clip(message)}})
+def encode_error(rid: int | None, code: str, message: str, kind: str | None = None) -> bytes:
+    """An error reply ``{"id", "error": {"code", "kind", "message"}}``; a malformed code is
+    sent as ``internal``, a missing kind is the protocol's for the code."""
+    if not is_code(code):
+        code, kind = "internal", Kind.INTERNAL
+    if kind is None or not is_kind(kind):
+        kind = ProtocolError.kind_of(code)
+    error = {"code": code, "kind": kind, "message": clip(message)}
+    return cbor2.dumps({"id": rid, "error": error})

@@ -16,7 +16,40 @@ from typing import Any, ClassVar, TypeVar
 import cbor2
 
 from attestation._cbor import KEY_TEXT, CborLimits, decode_strict
-from attestation.errors import MalformedError
+from attestation.errors import CodedError, Kind, MalformedError
+
+__all__ = [
+    "DIGEST_SIZES",
+    "ERROR_CODES",
+    "MAX_CBOR_DEPTH",
+    "NSM_ERROR_CODES",
+    "NSM_REQUEST_MAX_SIZE",
+    "NSM_RESPONSE_MAX_SIZE",
+    "REQUEST_TYPES",
+    "RESPONSE_FOR",
+    "Attestation",
+    "AttestationDocumentBytes",
+    "DescribeNsm",
+    "DescribePcr",
+    "ErrorResponse",
+    "ExtendPcr",
+    "GetRandom",
+    "LockPcr",
+    "LockPcrs",
+    "NsmDescription",
+    "NsmError",
+    "PcrExtended",
+    "PcrInfo",
+    "PcrLocked",
+    "PcrsLocked",
+    "RandomBytes",
+    "Request",
+    "Response",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+]
 
 NSM_REQUEST_MAX_SIZE = 0x1000
 """Largest request the kernel driver accepts (``NSM_REQUEST_MAX_SIZE``); larger → EMSGSIZE."""
@@ -50,18 +83,32 @@ DIGEST_SIZES: dict[str, int] = {"SHA256": 32, "SHA384": 48, "SHA512": 64}
 """The NSM ``Digest`` names and the PCR length each implies."""
 
 
-class NsmError(Exception):
-    """An NSM operation failed; ``code`` is the NSM ``ErrorCode`` name (or a transport code).
+NSM_ERROR_CODES: dict[str, tuple[str, str]] = {
+    "InvalidArgument": ("nsm-invalid-argument", Kind.BAD_REQUEST),
+    "InvalidIndex": ("nsm-invalid-index", Kind.BAD_REQUEST),
+    "InvalidResponse": ("nsm-invalid-response", Kind.INTERNAL),
+    "ReadOnlyIndex": ("nsm-read-only-index", Kind.CONFLICT),
+    "InvalidOperation": ("nsm-invalid-operation", Kind.BAD_REQUEST),
+    "BufferTooSmall": ("nsm-buffer-too-small", Kind.INTERNAL),
+    "InputTooLarge": ("nsm-input-too-large", Kind.BAD_REQUEST),
+    "InternalError": ("nsm-internal-error", Kind.INTERNAL),
+    "DeviceUnavailable": ("nsm-device-unavailable", Kind.UNAVAILABLE),
+}
+"""NSM ``ErrorCode`` name (and the client's ``DeviceUnavailable``) -> (our code, its kind)."""
 
-    Codes from the device: ``InvalidArgument``, ``InvalidIndex``, ``InvalidResponse``,
-    ``ReadOnlyIndex``, ``InvalidOperation``, ``BufferTooSmall``, ``InputTooLarge``,
-    ``InternalError``. The client adds ``DeviceUnavailable`` (see ``NsmUnavailableError``).
+
+class NsmError(CodedError):
+    """An NSM operation failed. ``nsm_code`` is the NSM ``ErrorCode`` name (or the client's
+    ``DeviceUnavailable``); ``code`` and ``kind`` are ours, from ``NSM_ERROR_CODES``.
     """
 
-    def __init__(self, code: str, message: str | None = None) -> None:
-        self.code = code
-        self.message = message or code
-        super().__init__(f"{code}: {message}" if message else code)
+    codes = dict(NSM_ERROR_CODES.values())
+    show_code = True
+
+    def __init__(self, nsm_code: str, message: str | None = None) -> None:
+        code = NSM_ERROR_CODES.get(nsm_code, NSM_ERROR_CODES["InternalError"])[0]
+        super().__init__(code, message or nsm_code)
+        self.nsm_code = nsm_code if nsm_code in NSM_ERROR_CODES else "InternalError"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
@@ -455,7 +502,7 @@ def decode_request(data: bytes) -> Request:
     if cls is None:
         raise NsmError("InvalidOperation", f"unknown request {name[:40]!r}")
     try:
-        return _from_body(cls, body, is_unit)  # type: ignore[return-value]
+        return _from_body(cls, body, is_unit)
     except _Bad as e:
         raise NsmError("InvalidArgument", f"{name}: {e}") from None
 

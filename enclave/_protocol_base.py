@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
-import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 
-from attestation.errors import CodedError
+from attestation.errors import CODE_PATTERN, MAX_CODE_LENGTH, CodedError, Kind
+
+from .wire import PROTOCOL_CODES
+
+__all__ = ["CODE_PATTERN", "MAX_CODE_LENGTH"]  # re-exported: defined in attestation.errors
 
 PROTOCOL_VERSION = 1
 MAX_U32 = 0xFFFFFFFF
 MAX_REQUEST_ID = 2**64 - 1
 MAX_OP_LENGTH = 128  # characters of an op name
-MAX_CODE_LENGTH = 64  # characters of an error code
 MAX_MESSAGE_LENGTH = 1024  # characters of an error message (longer ones are cut)
-CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 ERROR_CODES: dict[str, str] = {
     # connection-level: sent with "id": null, then the server closes the connection
@@ -42,9 +44,16 @@ ERROR_CODES: dict[str, str] = {
 }
 
 
-class ProtocolError(CodedError):
-    """A protocol failure with a stable ``code`` (see ERROR_CODES) and a ``message``."""
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("request_deadline", default=None)
+"""Event-loop time by which the request being handled must be answered: the server sets it
+from ``min(request_timeout, the request's timeout_ms)``, so a handler (``enclave.app``)
+derives its own deadline from the caller's instead of setting another one."""
 
+
+class ProtocolError(CodedError):
+    """A protocol failure with a stable ``code`` (see ERROR_CODES), its kind and a ``message``."""
+
+    codes = PROTOCOL_CODES
     show_code = True
 
 
@@ -59,7 +68,7 @@ class FrameError(ProtocolError):
 
 
 class RemoteError(ProtocolError):
-    """The server answered a request with an error reply ``{code, message}``."""
+    """The server answered a request with an error reply ``{code, kind, message}``."""
 
 
 class ConnectionLostError(ProtocolError):
@@ -80,14 +89,18 @@ class HandlerError(CodedError):
     """Raised by a handler to answer with a typed error: its code and message reach the
     client unchanged. Any other exception becomes code "internal" with a generic message.
 
-    ``code``: lowercase letters, digits and dashes, at most 64 characters (CODE_PATTERN);
-    a handler error with another code is answered as "internal" and logged.
+    ``code``: lowercase letters, digits and dashes, at most 64 characters
+    (``attestation.errors.is_code``); a handler error with another code is answered as
+    "internal" and logged. ``kind``: one of the error kinds; by default the one
+    ``enclave.wire.PROTOCOL_CODES`` gives the code, else ``bad-request``.
     """
 
+    codes = PROTOCOL_CODES
+    kind = Kind.BAD_REQUEST
     show_code = True
 
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(code, str(message))
+    def __init__(self, code: str, message: str = "", *, kind: str | None = None) -> None:
+        super().__init__(code, str(message), kind=kind)
 
 
 def clip(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from attestation.errors import is_code
+
 from ._framing import (
     FrameDecoder,
     FrameError,
@@ -27,7 +29,7 @@ from ._framing import (
     parse_request,
     peek_request_id,
 )
-from ._protocol_base import CODE_PATTERN, HandlerError, ProtocolLimits
+from ._protocol_base import REQUEST_DEADLINE, HandlerError, ProtocolLimits
 
 logger = logging.getLogger("enclave.protocol")
 
@@ -182,14 +184,15 @@ class ServerConnection:
         if request.timeout_ms is not None:
             timeout = min(timeout, request.timeout_ms / 1000)
         deadline = asyncio.timeout(timeout)
+        REQUEST_DEADLINE.set(self._loop.time() + timeout)  # this request's task only
         try:
             async with deadline:
                 body = await handler(request.body)
         except HandlerError as exc:
-            if not isinstance(exc.code, str) or not CODE_PATTERN.match(exc.code):
+            if not is_code(exc.code):
                 logger.warning("op %r raised HandlerError with an invalid code", op)
                 return encode_error(rid, "internal", "internal error")
-            return encode_error(rid, exc.code, exc.message)
+            return encode_error(rid, exc.code, exc.message, exc.kind)
         except TimeoutError:
             if deadline.expired():
                 return encode_error(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import cast
 
 RELAY_IDLE_TIMEOUT = 300.0  # seconds without a byte in either direction
 RELAY_HALF_CLOSE_TIMEOUT = 30.0  # seconds one direction may go on after the other ended
@@ -143,7 +144,7 @@ class _Direction:
             self._lent.clear()
         if not self._blocked and queued > self._high_water:
             self._blocked = True
-            self._src.transport.pause_reading()
+            self._reading().pause_reading()
             self._wake.set()
 
     def on_eof(self) -> None:
@@ -158,10 +159,14 @@ class _Direction:
         if self._error is None:
             self._error = exc
         with contextlib.suppress(Exception):
-            self._src.transport.pause_reading()
+            self._reading().pause_reading()
         self._wake.set()
 
     # --- the pump ------------------------------------------------------------------------
+    def _reading(self) -> asyncio.Transport:
+        """The source's transport, which reads as well as writes."""
+        return cast(asyncio.Transport, self._src.transport)
+
     async def run(self) -> None:
         if _tappable(self._src):
             await self._run_fast()
@@ -189,7 +194,7 @@ class _Direction:
             await self._dst.drain()
 
     async def _run_fast(self) -> None:
-        transport = self._src.transport
+        transport = self._reading()
         inner = transport.get_protocol()
         assert isinstance(inner, asyncio.StreamReaderProtocol)
         self.buffer = memoryview(bytearray(self._chunk))
@@ -240,9 +245,12 @@ async def relay(
     for writer in (writer_a, writer_b):
         with contextlib.suppress(Exception):
             writer.transport.set_write_buffer_limits(high=high_water)
-    options = {"high_water": high_water, "chunk": chunk_size, "activity": activity}
-    a_to_b = _Direction(reader_a, writer_a, writer_b, **options)
-    b_to_a = _Direction(reader_b, writer_b, writer_a, **options)
+    a_to_b = _Direction(
+        reader_a, writer_a, writer_b, high_water=high_water, chunk=chunk_size, activity=activity
+    )
+    b_to_a = _Direction(
+        reader_b, writer_b, writer_a, high_water=high_water, chunk=chunk_size, activity=activity
+    )
     pending = {loop.create_task(a_to_b.run()), loop.create_task(b_to_a.run())}
     outcome = "eof"
     first_done: float | None = None

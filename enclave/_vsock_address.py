@@ -9,12 +9,13 @@ import math
 import re
 from dataclasses import dataclass
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
+
+from .wire import PARENT_CID as PARENT_CID  # the parent EC2 instance (NE_PARENT_VM_CID)
 
 VMADDR_CID_HYPERVISOR = 0
 VMADDR_CID_LOCAL = 1
 VMADDR_CID_HOST = 2
-PARENT_CID = 3  # the parent EC2 instance, always (Nitro driver NE_PARENT_VM_CID)
 VMADDR_CID_ANY = 0xFFFFFFFF  # bind wildcard: "this machine's CID"
 VMADDR_PORT_ANY = 0xFFFFFFFF  # bind wildcard: "any free port"
 MAX_U32 = 0xFFFFFFFF
@@ -40,6 +41,18 @@ class TransportError(CodedError):
     bind-failed, vsock-unavailable, sim-dir-unsafe, sim-cid-unset, invalid-limits.
     """
 
+    codes = {
+        "invalid-address": Kind.BAD_REQUEST,
+        "connect-refused": Kind.UNAVAILABLE,
+        "connect-timeout": Kind.UNAVAILABLE,
+        "connect-failed": Kind.UNAVAILABLE,
+        "address-in-use": Kind.CONFLICT,
+        "bind-failed": Kind.UNAVAILABLE,
+        "vsock-unavailable": Kind.UNAVAILABLE,
+        "sim-dir-unsafe": Kind.INTERNAL,
+        "sim-cid-unset": Kind.INTERNAL,
+        "invalid-limits": Kind.INTERNAL,
+    }
     show_code = True
 
     def __init__(self, code: str, message: str, *, address: VsockAddress | None = None) -> None:

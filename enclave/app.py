@@ -33,18 +33,20 @@ import contextlib
 import functools
 import hashlib
 import itertools
-import json
 import logging
-import re
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from attestation.errors import CodedError, Kind, is_code
+
+from ._protocol_base import REQUEST_DEADLINE
 from .clock import ClockError, EnclaveClock
 from .e2e import E2EError, EnclaveE2EKey
+from .logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
+from .logs import configure_json_logging as configure_json_logging
 from .protocol import HandlerError
 from .sealed import SealedStore
 
@@ -63,7 +65,6 @@ __all__ = [
 ]
 
 APP_IDENTITY_LABEL = b"nitro-toolkit/app/v1"
-CODE_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_OPERATION_NAME = 64
 
 log = logging.getLogger("enclave.app")
@@ -283,6 +284,9 @@ class App:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline_s = op.deadline_s or self.limits.default_deadline_s
+        outer = REQUEST_DEADLINE.get()  # the caller's deadline, carried on the wire
+        if outer is not None:
+            deadline_s = max(0.001, min(deadline_s, outer - start))
         ctx = Context(self, op.name, f"{next(self._ids):x}", start + deadline_s, end_to_end)
         code = "ok"
         deadline = asyncio.timeout(deadline_s)
@@ -299,8 +303,8 @@ class App:
                     if op.limited:
                         self._slot_semaphore().release()
         except HandlerError as exc:
-            code = exc.code if isinstance(exc.code, str) else "internal"
-            if not CODE_PATTERN.fullmatch(code):  # what the protocol would refuse to send
+            code = exc.code
+            if not is_code(code):  # what the protocol would refuse to send
                 code = "internal"
                 raise HandlerError(code, "internal error in the enclave app") from None
             raise
@@ -309,13 +313,15 @@ class App:
                 code = "internal"
                 raise HandlerError(code, "internal error in the enclave app") from None
             code = "deadline-exceeded"
-            raise HandlerError(code, f"{op.name} did not finish within {deadline_s:g} s") from None
+            raise HandlerError(
+                code, f"{op.name} did not finish within {deadline_s:g} s", kind=Kind.UNAVAILABLE
+            ) from None
         except asyncio.CancelledError:
             code = "cancelled"
             raise
         except Exception as exc:
-            code, message = _typed(exc)
-            raise HandlerError(code, message) from None
+            code, message, kind = _typed(exc)
+            raise HandlerError(code, message, kind=kind) from None
         finally:
             log_event(
                 "request",
@@ -344,7 +350,8 @@ class App:
                 await self._slot_semaphore().acquire()
         except TimeoutError:
             raise HandlerError(
-                "busy", f"more than {self.limits.max_concurrent} requests in progress"
+                "busy", f"more than {self.limits.max_concurrent} requests in progress",
+                kind=Kind.UNAVAILABLE,
             ) from None
 
     async def dispatch_sealed(self, sealed: bytes) -> bytes:
@@ -353,11 +360,11 @@ class App:
         try:  # decode + HPKE of up to 1 MiB of untrusted bytes: off the event loop
             request = await loop.run_in_executor(self.executor, self.e2e_key.open_request, sealed)
         except E2EError as exc:  # nothing to seal to: answer in the clear, no detail leaks
-            raise HandlerError(exc.code, exc.message) from None
+            raise HandlerError(exc.code, exc.message, kind=exc.kind) from None
         try:
             result = await self.dispatch(request.op, request.body, end_to_end=True)
         except HandlerError as exc:
-            return request.seal_error(exc.code, exc.message)
+            return request.seal_error(exc.code, exc.message, exc.kind)
         return request.seal_result(result)
 
     def protocol_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
@@ -390,19 +397,14 @@ class App:
                 self._nsm.close()
 
 
-def _typed(exc: Exception) -> tuple[str, str]:
-    """(code, message) of an exception: typed ones keep theirs, others say 'internal'."""
-    code = getattr(exc, "code", None)
-    message = getattr(exc, "message", None)
-    if isinstance(code, str) and code:
-        if not CODE_PATTERN.fullmatch(code):  # e.g. NSM's "ReadOnlyIndex"
-            kebab = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", code).lower()
-            kebab = re.sub(r"[^a-z0-9-]+", "-", kebab).strip("-")
-            prefix = "nsm-" if type(exc).__name__.startswith("Nsm") else ""
-            code = (prefix + kebab)[:64] or "internal"
-        return code, message if isinstance(message, str) else code
+def _typed(exc: Exception) -> tuple[str, str, str]:
+    """(code, message, kind) of an exception: a CodedError keeps its own (its family declares
+    the kind); anything else is 'internal'."""
+    if isinstance(exc, CodedError) and is_code(exc.code):
+        message = exc.message if isinstance(exc.message, str) else exc.code
+        return exc.code, message, exc.kind
     log_event("handler-crash", level=logging.WARNING, error=type(exc).__name__)
-    return "internal", "internal error in the enclave app"
+    return "internal", "internal error in the enclave app", Kind.INTERNAL
 
 
 def load_app(spec: str) -> App:
@@ -422,30 +424,6 @@ def load_app(spec: str) -> App:
 
 
 # ---------------------------------------------------------------- structured logs
-
-
-class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, event and the fields passed as extra."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        return json.dumps(entry, default=str)
-
-
-def configure_json_logging(level: int = logging.INFO, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from asn1crypto import cms
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = [
     "AES_KEY_BYTES",
@@ -66,7 +66,8 @@ _ACCEPTED_ENVELOPED_VERSIONS = frozenset({"v0", "v2"})  # v2: KMS; v0: openssl, 
 class CmsError(CodedError):
     """Base of every error of this module; ``code`` is stable and scriptable."""
 
-    code: ClassVar[str] = "cms-error"
+    code = "cms-error"
+    kind = Kind.BAD_REQUEST
 
     def __init__(self, message: str, *, expected: Any = None, found: Any = None) -> None:
         super().__init__(type(self).code, message, expected=expected, found=found)

@@ -34,7 +34,10 @@ from botocore.credentials import (
     DeferredRefreshableCredentials,
 )
 
+from attestation.errors import Kind
+
 from .protocol import HandlerError
+from .wire import SET_CREDENTIALS_OP
 
 __all__ = [
     "DEFAULT_REGION",
@@ -48,7 +51,6 @@ __all__ = [
     "parse_credentials",
 ]
 
-SET_CREDENTIALS_OP = "set-credentials"
 """Protocol operation carrying credentials from the parent."""
 DEFAULT_REGION = "us-east-1"
 """Region when neither the app nor the parent names one (kmstool's default too)."""
@@ -74,6 +76,12 @@ class CredentialsError(HandlerError):
     (already expired, or about to), ``credentials-unavailable`` (none arrived in time).
     A HandlerError, so the protocol answers ``set-credentials`` with this code.
     """
+
+    codes = {
+        "bad-credentials": Kind.BAD_REQUEST,
+        "credentials-expired": Kind.UNAVAILABLE,
+        "credentials-unavailable": Kind.UNAVAILABLE,
+    }
 
 
 @dataclass(frozen=True)

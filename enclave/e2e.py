@@ -12,7 +12,7 @@ cannot read. Wire format (all CBOR maps, docs/app.md "End-to-end requests"):
   ``{"op": tstr, "body": any, "rk": bstr(32), "id": bstr(16), "ts": uint (ms)}``.
 * sealed reply ``{"v": 1, "iv": bstr(12), "ct": bstr}``: AES-256-GCM under the response key
   ``rk`` chosen by the client, ``aad = REPLY_LABEL || 0x00 || id``; the plaintext is
-  ``{"ok": true, "result": any}`` or ``{"ok": false, "error": {"code", "message"}}``.
+  ``{"ok": true, "result": any}`` or ``{"ok": false, "error": {"code", "kind", "message"}}``.
 
 The enclave refuses a request id it has seen, or a timestamp outside the replay window, so the
 parent cannot replay a sealed request. Nothing here touches the network.
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from attestation._cbor import KEY_BYTES, KEY_INT, KEY_TEXT, CborLimits, decode_strict
-from attestation.errors import CodedError, MalformedError
+from attestation.errors import CodedError, Kind, MalformedError
 
 VERSION = 1
 SUITE_NAME = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
@@ -68,6 +68,16 @@ _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM
 class E2EError(CodedError):
     """A sealed request or reply could not be built or opened; ``code`` is stable."""
 
+    codes = {
+        "e2e-malformed": Kind.BAD_REQUEST,
+        "e2e-version": Kind.BAD_REQUEST,
+        "e2e-decrypt-failed": Kind.BAD_REQUEST,
+        "e2e-stale": Kind.BAD_REQUEST,
+        "e2e-replay": Kind.CONFLICT,
+        "e2e-too-large": Kind.BAD_REQUEST,
+        "e2e-bad-key": Kind.BAD_REQUEST,
+    }
+    kind = Kind.BAD_REQUEST
     show_code = True
 
 
@@ -203,15 +213,22 @@ class OpenedRequest:
     def seal_result(self, result: Any) -> bytes:
         return self._seal({"ok": True, "result": result})
 
-    def seal_error(self, code: str, message: str) -> bytes:
-        return self._seal({"ok": False, "error": {"code": code, "message": message}})
+    def seal_error(self, code: str, message: str, kind: str = Kind.INTERNAL) -> bytes:
+        """A sealed error reply; the kind travels with the code, as on the protocol."""
+        error = {"code": code, "kind": str(kind), "message": message}
+        return self._seal({"ok": False, "error": error})
 
     def _seal(self, reply: dict) -> bytes:
         try:
             plain = cbor2.dumps(reply)
         except Exception:
             plain = cbor2.dumps(
-                {"ok": False, "error": {"code": "internal", "message": "unencodable result"}}
+                {
+                    "ok": False,
+                    "error": {
+                        "code": "internal", "kind": "internal", "message": "unencodable result"
+                    },
+                }
             )
         iv = os.urandom(REPLY_IV_LEN)
         ct = AESGCM(self.response_key).encrypt(iv, plain, reply_aad(self.request_id))

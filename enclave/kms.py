@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 from ._enclave_key import KeyLimits, RecipientKey, RecipientKeyring
 from .cms import CmsError, decrypt_enveloped_data
@@ -107,17 +107,49 @@ _UNREACHABLE = (
 class KmsError(CodedError):
     """A failed attested KMS call. `code` is stable; `aws_code` is KMS's own, if any."""
 
+    codes = {
+        "kms-access-denied": Kind.FORBIDDEN,
+        "kms-not-found": Kind.NOT_FOUND,
+        "kms-invalid-ciphertext": Kind.BAD_REQUEST,
+        "kms-incorrect-key": Kind.BAD_REQUEST,
+        "kms-invalid-key-usage": Kind.BAD_REQUEST,
+        "kms-key-disabled": Kind.CONFLICT,
+        "kms-invalid-state": Kind.CONFLICT,
+        "kms-unavailable": Kind.UNAVAILABLE,
+        "kms-throttled": Kind.UNAVAILABLE,
+        "kms-invalid-request": Kind.BAD_REQUEST,
+        "kms-unsupported": Kind.BAD_REQUEST,
+        "kms-bad-credentials": Kind.UNAVAILABLE,
+        "kms-error": Kind.UNAVAILABLE,
+        "kms-unreachable": Kind.UNAVAILABLE,
+        "kms-tls-failed": Kind.UNAVAILABLE,
+        "kms-bad-response": Kind.UNAVAILABLE,
+        "kms-recipient-ignored": Kind.INTERNAL,
+        "credentials-unavailable": Kind.UNAVAILABLE,
+        "credentials-expired": Kind.UNAVAILABLE,
+        "attestation-failed": Kind.UNAVAILABLE,
+        "bad-request": Kind.BAD_REQUEST,
+    }
     show_code = True
 
     def __init__(
-        self, code: str, message: str, *, aws_code: str | None = None, operation: str = ""
+        self,
+        code: str,
+        message: str,
+        *,
+        aws_code: str | None = None,
+        operation: str = "",
+        kind: str | None = None,
     ) -> None:
-        super().__init__(code, message)
+        super().__init__(code, message, kind=kind)
         self.aws_code = aws_code
         self.operation = operation
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "aws_code": self.aws_code}
+        return {
+            "code": self.code, "kind": self.kind, "message": self.message,
+            "aws_code": self.aws_code,
+        }
 
 
 @dataclass(frozen=True)
@@ -453,9 +485,9 @@ def _typed(exc: BaseException, operation: str) -> KmsError:
         message = str(err.get("Message") or aws_code)[:MAX_ERROR_MESSAGE]
         code = KMS_ERROR_CODES.get(aws_code, "kms-error")
         return KmsError(code, f"{operation}: {message}", aws_code=aws_code, operation=operation)
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code.startswith("credentials-"):
-        return KmsError(code, getattr(exc, "message", str(exc)), operation=operation)
+    coded = getattr(exc, "code", None)
+    if isinstance(coded, str) and coded.startswith("credentials-"):
+        return KmsError(coded, getattr(exc, "message", str(exc)), operation=operation)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return KmsError("credentials-unavailable", "no AWS credentials", operation=operation)
     if isinstance(exc, botocore.exceptions.SSLError):
@@ -470,8 +502,12 @@ def _typed(exc: BaseException, operation: str) -> KmsError:
             f"{operation}: KMS unreachable through the relay ({type(exc).__name__})",
             operation=operation,
         )
-    if isinstance(code, str) and code:  # e.g. TunnelError
-        return KmsError(code, getattr(exc, "message", str(exc)), operation=operation)
+    if isinstance(coded, str) and coded:  # e.g. TunnelError: its code and kind
+        kind = getattr(exc, "kind", None)
+        return KmsError(
+            coded, getattr(exc, "message", str(exc)), operation=operation,
+            kind=kind if isinstance(kind, str) else None,
+        )
     return KmsError(
         "kms-error", f"{operation}: {type(exc).__name__}", operation=operation
     )

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 from .endpoints import dns_suffix, kms_hostnames
 from .transport import (
@@ -44,6 +44,7 @@ from .transport import (
     open_connection,
     relay,
 )
+from .wire import KMS_RELAY_PORT
 
 __all__ = [
     "HTTPS_PORT",
@@ -57,8 +58,6 @@ __all__ = [
     "kms_hostnames",
 ]
 
-KMS_RELAY_PORT = 8000
-"""Parent vsock port of the KMS relay (vsock-proxy's and kmstool's default)."""
 HTTPS_PORT = 443
 
 log = logging.getLogger("enclave.kms_tunnel")
@@ -67,6 +66,14 @@ log = logging.getLogger("enclave.kms_tunnel")
 class TunnelError(CodedError):
     """The forwarder could not start or was misused; `code` is stable."""
 
+    codes = {
+        "bad-scheme": Kind.INTERNAL,
+        "listen-failed": Kind.UNAVAILABLE,
+        "not-started": Kind.INTERNAL,
+        "plaintext-outside-simulation": Kind.INTERNAL,
+        "start-timeout": Kind.UNAVAILABLE,
+        "loopback-unavailable": Kind.UNAVAILABLE,
+    }
     show_code = True
 
 
@@ -175,7 +182,7 @@ class KmsTunnel:
             )
         log.info(
             "kms tunnel listening",
-            extra={"port": self._port, "relay": (self.relay.cid, self.relay.port)},
+            extra={"fields": {"port": self._port, "relay": [self.relay.cid, self.relay.port]}},
         )
         return self
 

@@ -209,7 +209,8 @@ class ProtocolClient:
             raise outcome
         assert isinstance(outcome, Reply)
         if outcome.error is not None:
-            raise RemoteError(*outcome.error)
+            code, message, kind = outcome.error
+            raise RemoteError(code, message, kind=kind)
         return outcome.body
 
     async def _read_loop(self) -> None:
@@ -244,7 +245,7 @@ class ProtocolClient:
 
     def _deliver(self, reply: Reply) -> None:
         if reply.id is None:  # connection-level error; the server closes next
-            code, message = reply.error or ("bad-message", "")
+            code, message, _kind = reply.error or ("bad-message", "", "bad-request")
             self._server_error = f"{code}: {message}"
             return
         future = self._pending.get(reply.id)

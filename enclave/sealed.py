@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from attestation.errors import CodedError
+from attestation.errors import Kind as ErrorKind
 
 Kind = Literal["ec-p256", "ed25519", "hmac"]
 KINDS: tuple[str, ...] = ("ec-p256", "ed25519", "hmac")
@@ -31,6 +32,15 @@ MIN_HMAC_KEY_LEN = 16
 class SealedError(CodedError):
     """A sealed-secret operation failed; ``code`` is stable (docs/app.md)."""
 
+    codes = {
+        "bad-kind": ErrorKind.BAD_REQUEST,
+        "bad-name": ErrorKind.BAD_REQUEST,
+        "bad-request": ErrorKind.BAD_REQUEST,
+        "bad-secret": ErrorKind.BAD_REQUEST,
+        "wrong-kind": ErrorKind.BAD_REQUEST,
+        "no-such-secret": ErrorKind.NOT_FOUND,
+        "store-full": ErrorKind.CONFLICT,
+    }
     show_code = True
 
 

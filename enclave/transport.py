@@ -45,6 +45,7 @@ from ._vsock_address import (
     TransportLimits,
     VsockAddress,
 )
+from .retry import backoff
 
 __all__ = [
     "PARENT_CID",
@@ -121,7 +122,7 @@ class _ServerProtocol(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._registry.discard(self._my_transport)  # type: ignore[arg-type]
+        self._registry.discard(self._my_transport)
         super().connection_lost(exc)
 
 
@@ -261,7 +262,7 @@ async def start_server(
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(SERVER_CLOSE_TIMEOUT):
                     await writer.wait_closed()
-            tasks.discard(task)  # type: ignore[arg-type]
+            tasks.discard(task)
 
     def factory() -> _ServerProtocol:
         reader = asyncio.StreamReader(limit=limits.stream_limit)
@@ -362,8 +363,8 @@ class _Target:
         return TransportError(code, message + hint, address=self.address)
 
 
-def _backoff(limits: TransportLimits, attempt: int) -> float:
-    return min(limits.backoff_max, limits.backoff_initial * (2 ** min(attempt, 30)))
+def _backoff(limits: TransportLimits, retry: int) -> float:
+    return backoff(retry + 1, limits.backoff_initial, limits.backoff_max)
 
 
 async def open_connection(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from parent._subcommands import dispatch
+from enclave.service import dispatch
 
 COMMANDS = {
     "proxy": ("parent.proxy", "HTTP API for other services, forwarding to the enclave"),

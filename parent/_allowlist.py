@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 DEFAULT_ALLOWLIST = Path(__file__).with_name("vsock-proxy.yaml")
 """The packaged allowlist: KMS endpoints of the main regions (like AWS's default file)."""
@@ -35,6 +35,11 @@ MAX_HOST_LENGTH = 253
 class AllowlistError(CodedError):
     """The allowlist could not be read, or a destination is not on it. `code` is stable."""
 
+    codes = {
+        "allowlist-malformed": Kind.INTERNAL,
+        "allowlist-unreadable": Kind.INTERNAL,
+        "destination-not-allowed": Kind.FORBIDDEN,
+    }
     show_code = True
 
 

@@ -129,5 +129,3 @@ def find_code(stderr: str) -> str | None:
     match = CODE_RE.search(stderr)
     return match.group(1) if match else None
 
-
-KNOWN_CODES: frozenset[str] = frozenset(_TABLE)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 from enclave.protocol import RemoteError
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
@@ -26,45 +26,22 @@ log = logging.getLogger("parent.proxy")
 REQUEST_ID_HEADER = "X-Request-Id"
 RID_KEY = web.RequestKey("request_id", str)
 OP_KEY = web.RequestKey("op", str)
+START_KEY = web.RequestKey("start", float)  # event-loop time the request arrived
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _OP_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_JSON_DEPTH = 32
 READ_CHUNK = 64 * 1024
 
-# Enclave error codes -> HTTP status (anything else typed: 422).
-STATUS_FOR_CODE: Mapping[str, int] = {
-    "bad-request": 400,
-    "forbidden-field": 400,
-    "bad-kind": 400,
-    "bad-name": 400,
-    "bad-secret": 400,
-    "wrong-kind": 400,
-    "bad-data-key": 400,
-    "envelope-auth-failed": 400,
-    "bad-credentials": 400,
-    "e2e-malformed": 400,
-    "e2e-version": 400,
-    "e2e-decrypt-failed": 400,
-    "e2e-stale": 400,
-    "e2e-replay": 400,
-    "e2e-too-large": 413,
-    "bad-cbor": 400,
-    "frame-too-large": 413,
-    "response-too-large": 502,
-    "bad-response": 502,
-    "e2e-bad-key": 400,
-    "unknown-op": 404,
-    "no-such-secret": 404,
-    "store-full": 409,
-    "kms-access-denied": 403,
-    "credentials-unavailable": 503,
-    "busy": 503,
-    "clock-drift": 503,
-    "deadline-exceeded": 504,
-    "timeout": 504,
-    "internal": 500,
+STATUS_FOR_KIND: Mapping[str, int] = {
+    Kind.BAD_REQUEST: 400,
+    Kind.FORBIDDEN: 403,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.UNAVAILABLE: 503,
+    Kind.INTERNAL: 500,
 }
-KMS_PREFIX_STATUS = 502  # other kms-* codes: KMS (behind the enclave) failed
+"""The one error kind -> HTTP status table (DESIGN §3): no code has a status of its own."""
+_DROP_CONNECTION = frozenset({"payload-too-large", "body-timeout"})  # body not read to its end
 
 
 @dataclass(frozen=True)
@@ -73,7 +50,10 @@ class HttpLimits:
     body_timeout_s: float = 10.0  # to receive a whole body once headers arrived
     header_timeout_s: float = 10.0  # a connection must send a full request head within this
     lingering_s: float = 1.0  # after an early error, unread body is drained this long, then close
-    request_timeout_s: float = 15.0  # enclave round trip (the enclave's own deadlines are shorter)
+    request_timeout_s: float = 15.0
+    """The one outer deadline of a forwarded request, from its arrival: the wait for a slot
+    and the enclave round trip share it, and the enclave is told what remains (timeout_ms),
+    so its handler's deadline derives from this one."""
     health_timeout_s: float = 1.0
     max_in_flight: int = 1024  # requests being forwarded at once
     max_waiting: int = 2048  # more requests wait for a slot; beyond: 503 at once
@@ -83,33 +63,49 @@ class HttpLimits:
 
 
 class ProxyError(CodedError):
+    """An answer the proxy gives itself, or an enclave error passed on with its kind."""
+
+    codes = {
+        "bad-request": Kind.BAD_REQUEST,
+        "forbidden-field": Kind.BAD_REQUEST,
+        "bad-base64": Kind.BAD_REQUEST,
+        "bad-json": Kind.BAD_REQUEST,
+        "payload-too-large": Kind.BAD_REQUEST,
+        "body-timeout": Kind.BAD_REQUEST,
+        "method-not-allowed": Kind.BAD_REQUEST,
+        "http-error": Kind.BAD_REQUEST,
+        "not-found": Kind.NOT_FOUND,
+        "unknown-op": Kind.NOT_FOUND,
+        "proxy-busy": Kind.UNAVAILABLE,
+        "enclave-timeout": Kind.UNAVAILABLE,
+        "enclave-unavailable": Kind.UNAVAILABLE,
+        "bad-response": Kind.INTERNAL,
+        "internal": Kind.INTERNAL,
+    }
     show_code = True
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.status = status
+    @property
+    def status(self) -> int:
+        return status_for(self.kind)
 
 
-def error_response(status: int, code: str, message: str, rid: str) -> web.Response:
+def status_for(kind: str) -> int:
+    """HTTP status of an error kind (500 for anything that is not a kind)."""
+    return STATUS_FOR_KIND.get(kind, 500)
+
+
+def error_response(code: str, kind: str, message: str, rid: str) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message}, "request_id": rid},
-        status=status,
+        {"error": {"code": code, "kind": kind, "message": message}, "request_id": rid},
+        status=status_for(kind),
         headers={REQUEST_ID_HEADER: rid},
     )
-
-
-def status_for(code: str) -> int:
-    if code in STATUS_FOR_CODE:
-        return STATUS_FOR_CODE[code]
-    if code.startswith("kms-"):
-        return KMS_PREFIX_STATUS
-    return 422
 
 
 def to_json(value: Any, depth: int = 0) -> Any:
     """A CBOR result as JSON: bytes -> base64 text; keys -> text; other leaves as text."""
     if depth > MAX_JSON_DEPTH:
-        raise ProxyError(502, "bad-response", "the enclave's answer nests too deeply")
+        raise ProxyError("bad-response", "the enclave's answer nests too deeply")
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
     if isinstance(value, Mapping):
@@ -143,11 +139,11 @@ def json_shape_problem(value: Any, max_depth: int, max_items: int) -> str | None
 def b64_field(body: Mapping[str, Any], name: str) -> bytes:
     value = body.get(name)
     if not isinstance(value, str):
-        raise ProxyError(400, "bad-request", f"{name!r} must be a base64 string")
+        raise ProxyError("bad-request", f"{name!r} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ProxyError(400, "bad-base64", f"{name!r} is not valid base64") from None
+        raise ProxyError("bad-base64", f"{name!r} is not valid base64") from None
 
 
 class Backpressure:
@@ -160,17 +156,20 @@ class Backpressure:
         self.waiting = 0
         self.refused = 0
 
-    async def acquire(self) -> None:
+    async def acquire(self, budget_s: float | None = None) -> None:
         if self.waiting >= self.limits.max_waiting and self._slots.locked():
             self.refused += 1
-            raise ProxyError(503, "proxy-busy", "too many requests in progress; retry later")
+            raise ProxyError("proxy-busy", "too many requests in progress; retry later")
         self.waiting += 1
+        wait = self.limits.queue_timeout_s if budget_s is None else min(
+            self.limits.queue_timeout_s, budget_s
+        )
         try:
-            async with asyncio.timeout(self.limits.queue_timeout_s):
+            async with asyncio.timeout(wait):
                 await self._slots.acquire()
         except TimeoutError:
             self.refused += 1
-            raise ProxyError(503, "proxy-busy", "no capacity within the queue timeout") from None
+            raise ProxyError("proxy-busy", "no capacity within the queue timeout") from None
         finally:
             self.waiting -= 1
         self.in_flight += 1
@@ -193,7 +192,7 @@ class ProxyHandlers:
 
     # ------------------------------------------------------------ plumbing
 
-    async def refresh_routes(self, pool: EnclavePool | None = None) -> None:
+    async def refresh_routes(self) -> None:
         """Learn the app's HTTP operations from its ``describe`` answer."""
         answer = await self.pool.request(
             "describe", {}, timeout=self.limits.health_timeout_s * 2, wait=False, control=True
@@ -217,7 +216,7 @@ class ProxyHandlers:
     async def read_json(self, request: web.Request) -> dict:
         length = request.content_length
         if length is not None and length > self.limits.max_body_bytes:
-            raise ProxyError(413, "payload-too-large", f"body over {self.limits.max_body_bytes} B")
+            raise ProxyError("payload-too-large", f"body over {self.limits.max_body_bytes} B")
         chunks: list[bytes] = []
         total = 0
         try:
@@ -226,36 +225,46 @@ class ProxyHandlers:
                     total += len(chunk)
                     if total > self.limits.max_body_bytes:
                         raise ProxyError(
-                            413, "payload-too-large", f"body over {self.limits.max_body_bytes} B"
+                            "payload-too-large", f"body over {self.limits.max_body_bytes} B"
                         )
                     chunks.append(chunk)
         except TimeoutError:
-            raise ProxyError(408, "body-timeout", "the body did not arrive in time") from None
+            raise ProxyError("body-timeout", "the body did not arrive in time") from None
         raw = b"".join(chunks)
         try:
             body = json.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ProxyError(400, "bad-json", "the body is not valid JSON") from None
+            raise ProxyError("bad-json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise ProxyError(400, "bad-json", "the body must be a JSON object")
+            raise ProxyError("bad-json", "the body must be a JSON object")
         problem = json_shape_problem(body, self.limits.max_json_depth, self.limits.max_json_items)
         if problem:  # refused here, not by the enclave, so no shared connection is involved
-            raise ProxyError(400, "bad-json", problem)
+            raise ProxyError("bad-json", problem)
         return body
 
-    async def forward(self, op: str, body: Any) -> Any:
-        await self.backpressure.acquire()
+    def deadline(self, request: web.Request) -> float:
+        """Event-loop time by which ``request`` must be answered (its one outer deadline)."""
+        return request[START_KEY] + self.limits.request_timeout_s
+
+    async def forward(self, op: str, body: Any, deadline: float | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.limits.request_timeout_s
+        await self.backpressure.acquire(max(0.0, deadline - loop.time()))
         try:
-            return await self.pool.request(op, body, timeout=self.limits.request_timeout_s)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            return await self.pool.request(op, body, timeout=remaining)
         except RemoteError as exc:
-            raise ProxyError(status_for(exc.code), exc.code, exc.message) from None
+            raise ProxyError(exc.code, exc.message, kind=exc.kind) from None
         except TimeoutError:
             raise ProxyError(
-                504, "enclave-timeout",
+                "enclave-timeout",
                 f"no answer from the enclave within {self.limits.request_timeout_s:g} s",
             ) from None
         except EnclaveUnavailable as exc:
-            raise ProxyError(503, exc.code, exc.message) from None
+            raise ProxyError(exc.code, exc.message, kind=exc.kind) from None
         finally:
             self.backpressure.release()
 
@@ -273,9 +282,12 @@ class ProxyHandlers:
         except (EnclaveUnavailable, TimeoutError, RemoteError) as exc:
             out["error"] = {
                 "code": getattr(exc, "code", "enclave-timeout"),
+                "kind": getattr(exc, "kind", Kind.UNAVAILABLE),
                 "message": getattr(exc, "message", "health probe timed out"),
             }
-            return web.json_response(out, status=503, headers={REQUEST_ID_HEADER: rid})
+            return web.json_response(
+                out, status=status_for(Kind.UNAVAILABLE), headers={REQUEST_ID_HEADER: rid}
+            )
         out["enclave"] = "ok"
         if isinstance(answer, dict):
             for key in ("app", "version", "uptime_s", "credentials", "clock"):
@@ -288,44 +300,44 @@ class ProxyHandlers:
         chosen = [k for k in ("public_key", "user_data") if k in body]
         if chosen:
             raise ProxyError(
-                400, "forbidden-field",
+                "forbidden-field",
                 f"callers may not choose {', '.join(chosen)}; the enclave sets them",
             )
         extra = sorted(k for k in body if k != "nonce")
         if extra:
-            raise ProxyError(400, "bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
+            raise ProxyError("bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
         nonce = b64_field(body, "nonce")
-        answer = await self.forward("attestation", {"nonce": nonce})
+        answer = await self.forward("attestation", {"nonce": nonce}, self.deadline(request))
         return self._ok(request, {"document": _bytes_field(answer, "document")})
 
     async def e2e(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
         extra = sorted(k for k in body if k != "sealed")
         if extra:
-            raise ProxyError(400, "bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
+            raise ProxyError("bad-request", f"unexpected field(s): {', '.join(extra)[:200]}")
         sealed = b64_field(body, "sealed")
-        answer = await self.forward("e2e", {"sealed": sealed})
+        answer = await self.forward("e2e", {"sealed": sealed}, self.deadline(request))
         return self._ok(request, {"sealed": _bytes_field(answer, "sealed")})
 
     async def op(self, request: web.Request) -> web.Response:
         name = request.match_info["op"]
         if not _OP_RE.fullmatch(name):
-            raise ProxyError(404, "not-found", "no such route")
+            raise ProxyError("not-found", "no such route")
         request[OP_KEY] = name
         if not self.routes:
             try:
                 await self.refresh_routes()
             except (EnclaveUnavailable, TimeoutError, RemoteError):
                 raise ProxyError(
-                    503, "enclave-unavailable", "the enclave's operations are not known yet"
+                    "enclave-unavailable", "the enclave's operations are not known yet"
                 ) from None
         if name not in self.routes:
-            raise ProxyError(404, "unknown-op", f"operation {name!r} is not exposed over HTTP")
+            raise ProxyError("unknown-op", f"operation {name!r} is not exposed over HTTP")
         body = await self.read_json(request)
         for field_name in self.routes[name]:
             if field_name in body:
                 body[field_name] = b64_field(body, field_name)
-        answer = await self.forward(name, body)
+        answer = await self.forward(name, body, self.deadline(request))
         return self._ok(request, to_json(answer))
 
     async def list_routes(self, request: web.Request) -> web.Response:
@@ -334,7 +346,7 @@ class ProxyHandlers:
                 await self.refresh_routes()
             except (EnclaveUnavailable, TimeoutError, RemoteError):
                 raise ProxyError(
-                    503, "enclave-unavailable", "the enclave's operations are not known yet"
+                    "enclave-unavailable", "the enclave's operations are not known yet"
                 ) from None
         return self._ok(
             request,
@@ -356,7 +368,7 @@ class ProxyHandlers:
 def _bytes_field(answer: Any, name: str) -> str:
     value = answer.get(name) if isinstance(answer, dict) else None
     if not isinstance(value, bytes):
-        raise ProxyError(502, "bad-response", f"the enclave's answer lacks {name!r}")
+        raise ProxyError("bad-response", f"the enclave's answer lacks {name!r}")
     return base64.b64encode(value).decode()
 
 
@@ -366,27 +378,29 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     given = request.headers.get(REQUEST_ID_HEADER, "")
     rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
     request[RID_KEY] = rid
+    request[START_KEY] = asyncio.get_running_loop().time()
     start = time.perf_counter()
     code = "ok"
     try:
         response = await handler(request)
     except ProxyError as exc:
         code = exc.code
-        response = error_response(exc.status, exc.code, exc.message, rid)
-        if exc.status in (408, 413):  # the body was not read to its end: drop the connection
+        response = error_response(exc.code, exc.kind, exc.message, rid)
+        if exc.code in _DROP_CONNECTION:
             response.force_close()
     except web.HTTPException as exc:
         code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
             exc.status, "http-error"
         )
-        response = error_response(exc.status, code, exc.reason, rid)
+        kind = ProxyError.kind_of(code) if exc.status < 500 else Kind.INTERNAL
+        response = error_response(code, kind, exc.reason, rid)
     except asyncio.CancelledError:
         code = "client-gone"
         raise
     except Exception as exc:
         code = "internal"
         log.error("proxy-error", extra={"fields": {"rid": rid, "error": type(exc).__name__}})
-        response = error_response(500, "internal", "internal proxy error", rid)
+        response = error_response("internal", Kind.INTERNAL, "internal proxy error", rid)
     finally:
         resource = request.match_info.route.resource
         fields = {

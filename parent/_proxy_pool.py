@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 from enclave.protocol import ProtocolClient, ProtocolError, ProtocolLimits, RemoteError
+from enclave.retry import backoff
 from enclave.transport import VsockAddress
 
 log = logging.getLogger("parent.proxy")
@@ -27,6 +28,7 @@ log = logging.getLogger("parent.proxy")
 class EnclaveUnavailable(CodedError):
     """No usable connection to the enclave (it is down, restarting, or the link broke)."""
 
+    kind = Kind.UNAVAILABLE
     show_code = True
 
 
@@ -99,10 +101,6 @@ class EnclavePool:
     def connected(self) -> int:
         return sum(1 for s in self._slots if s.usable())
 
-    @property
-    def up(self) -> bool:
-        return self.connected > 0
-
     async def start(self) -> None:
         self._tasks = [
             asyncio.ensure_future(self._supervise(s)) for s in (*self._slots, self._control)
@@ -142,9 +140,7 @@ class EnclavePool:
                         extra={"fields": {"slot": slot.index,
                                           "code": getattr(exc, "code", type(exc).__name__)}},
                     )
-                delay = min(
-                    self.limits.backoff_max_s, self.limits.backoff_initial_s * 2 ** (attempt - 1)
-                )
+                delay = backoff(attempt, self.limits.backoff_initial_s, self.limits.backoff_max_s)
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
@@ -228,7 +224,7 @@ class EnclavePool:
             raise
         except ProtocolError as exc:
             if exc.code != "connection-lost":  # refused before sending (frame-too-large, ...)
-                raise RemoteError(exc.code, exc.message) from None
+                raise RemoteError(exc.code, exc.message, kind=exc.kind) from None
             if slot.client is client:
                 slot.broken.set()
             raise EnclaveUnavailable(

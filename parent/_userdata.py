@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from enclave.endpoints import kms_host
+from enclave.wire import KMS_RELAY_PORT
 
 MAX_USER_DATA = 16 * 1024  # EC2 limit on raw user data
 INSTALL_DIR = "/opt/nitro-toolkit"
@@ -41,7 +42,7 @@ class UserDataConfig:
     memory_mib: int = 1024
     enclave_cid: int = 16
     proxy_port: int = 8080
-    relay_port: int = 8000
+    relay_port: int = KMS_RELAY_PORT
     proxy_host: str = "127.0.0.1"
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
+import dataclasses
 import json
 import os
 import threading
@@ -44,7 +44,7 @@ from typing import Any
 from cryptography import x509
 
 from attestation import AttestationDocument, AttestationError, Policy, verify
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 from attestation.policy import AnyOfPcrs, PcrsMatch
 from enclave.e2e import E2EError, load_public_key, seal_request
 
@@ -78,10 +78,19 @@ class EnclaveClientError(CodedError):
     """A call failed. ``code`` is stable: the enclave's or proxy's error code, or one of
     ``http-error``, ``unreachable``, ``bad-response``, ``attestation-failed``."""
 
+    codes = {
+        "http-error": Kind.INTERNAL,
+        "unreachable": Kind.UNAVAILABLE,
+        "bad-response": Kind.INTERNAL,
+        "attestation-failed": Kind.FORBIDDEN,
+        "e2e-decrypt-failed": Kind.BAD_REQUEST,
+    }
     show_code = True
 
-    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(code, message)
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, kind: str | None = None
+    ) -> None:
+        super().__init__(code, message, kind=kind)
         self.status = status
 
 
@@ -193,7 +202,8 @@ class EnclaveClient:
             error = payload.get("error") if isinstance(payload, dict) else None
             if isinstance(error, dict) and isinstance(error.get("code"), str):
                 raise EnclaveClientError(
-                    error["code"], str(error.get("message", "")), status=status
+                    error["code"], str(error.get("message", "")), status=status,
+                    kind=error.get("kind") if isinstance(error.get("kind"), str) else None,
                 )
             raise EnclaveClientError("http-error", f"HTTP {status}", status=status)
         if not isinstance(payload, dict):
@@ -217,14 +227,14 @@ class EnclaveClient:
         if not isinstance(document, str):
             raise EnclaveClientError("bad-response", "attestation answer lacks 'document'")
         now = datetime.now(UTC)
+        max_age = self.limits.max_session_age
+        if self.policy.max_age is not None:
+            max_age = min(max_age, self.policy.max_age)
+        policy = dataclasses.replace(self.policy, nonce=nonce, max_age=max_age)
         try:
-            doc = verify(from_b64(document), self.policy, roots=self.roots, at=now)
+            doc = verify(from_b64(document), policy, roots=self.roots, at=now)
         except AttestationError as exc:
             raise EnclaveClientError("attestation-failed", f"{exc.code}: {exc.message}") from exc
-        if doc.nonce is None or not hmac.compare_digest(doc.nonce, nonce):
-            raise EnclaveClientError("attestation-failed", "document does not carry our nonce")
-        if doc.datetime < now - self.limits.max_session_age:
-            raise EnclaveClientError("attestation-failed", "document is older than allowed")
         if doc.public_key is None:
             raise EnclaveClientError("attestation-failed", "document carries no public key")
         try:
@@ -286,8 +296,12 @@ class EnclaveClient:
                 raise EnclaveClientError(exc.code, exc.message) from exc
             if reply["ok"]:
                 return reply.get("result")
-            error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+            error = reply.get("error")
+            if not isinstance(error, dict):
+                error = {}
+            kind = error.get("kind")
             raise EnclaveClientError(
-                str(error.get("code", "remote-error")), str(error.get("message", ""))
+                str(error.get("code", "remote-error")), str(error.get("message", "")),
+                kind=kind if isinstance(kind, str) else None,
             )
         raise EnclaveClientError("e2e-decrypt-failed", "the enclave refused the sealed request")

@@ -18,18 +18,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import random
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 from enclave.clock import PARENT_TIME_OP
 from enclave.protocol import ProtocolClient, ProtocolError, RemoteError
+from enclave.retry import backoff
+from enclave.service import Started, run_service
 from enclave.transport import TransportError, VsockAddress
+from enclave.wire import APP_PORT, SET_CREDENTIALS_OP
 
 __all__ = [
     "DEFAULT_ENCLAVE_PORT",
@@ -41,8 +42,8 @@ __all__ = [
     "main",
 ]
 
-SET_CREDENTIALS_OP = "set-credentials"
-DEFAULT_ENCLAVE_PORT = 5000
+DEFAULT_ENCLAVE_PORT = APP_PORT
+BACKOFF_JITTER = 0.2  # +-20 % on each retry pause of a push
 
 log = logging.getLogger("parent.credentials")
 
@@ -51,6 +52,12 @@ class HandoffError(CodedError):
     """A push failed; `code` is stable (``no-credentials``, ``enclave-unreachable``,
     ``enclave-refused``, ``timeout``)."""
 
+    codes = {
+        "no-credentials": Kind.UNAVAILABLE,
+        "enclave-unreachable": Kind.UNAVAILABLE,
+        "enclave-refused": Kind.BAD_REQUEST,
+        "timeout": Kind.UNAVAILABLE,
+    }
     show_code = True
 
 
@@ -204,9 +211,9 @@ class CredentialSender:
 
     def backoff(self, attempt: int) -> float:
         """Pause before retry number `attempt` (1-based), with ±20 % jitter."""
-        lim = self.limits
-        base = min(lim.backoff_max_s, lim.backoff_initial_s * 2 ** (attempt - 1))
-        return base * random.uniform(0.8, 1.2)
+        return backoff(
+            attempt, self.limits.backoff_initial_s, self.limits.backoff_max_s, jitter=BACKOFF_JITTER
+        )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Push forever (until `stop` is set), retrying failures with backoff."""
@@ -292,16 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("giving up: %s", exc)
             return 1
         return 0
-    return asyncio.run(_run_until_signal(sender))
 
+    async def start() -> Started:
+        return Started(run=sender.run)
 
-async def _run_until_signal(sender: CredentialSender) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await sender.run(stop)
-    return 0
+    return run_service(start)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -118,6 +118,8 @@ policy, grant itself, re-encrypt to a key it controls, or all of these)."""
 
 class KeyPolicyError(CodedError):
     """Measurements or arguments cannot make a safe policy; ``code`` is stable."""
+
+    kind = Kind.BAD_REQUEST  # every code: ambiguous-enclave, bad-measurements, bad-principal, ...
 
 
 # ---------------------------------------------------------------------------- measurements

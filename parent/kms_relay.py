@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, run_service
 from enclave.transport import (
     PARENT_CID,
     TransportError,
@@ -41,6 +41,7 @@ from enclave.transport import (
     relay,
     start_server,
 )
+from enclave.wire import KMS_RELAY_PORT
 
 from ._allowlist import (
     DEFAULT_ALLOWLIST,
@@ -63,11 +64,9 @@ __all__ = [
     "main",
 ]
 
-DEFAULT_LOCAL_PORT = 8000
-EXIT_USAGE = 2
+DEFAULT_LOCAL_PORT = KMS_RELAY_PORT
 EXIT_NOT_ALLOWED = 3
 EXIT_CONFIG = 4
-EXIT_LISTEN = 5
 
 log = logging.getLogger("parent.kms_relay")
 
@@ -297,10 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.remote_host, args.remote_port,
         listen=VsockAddress(args.listen_cid, args.local_port), family=family, limits=limits,
     )
-    return asyncio.run(_serve(relay))
+    return run_service(lambda: _start(relay))
 
 
-async def _serve(relay: KmsRelay) -> int:
+async def _start(relay: KmsRelay) -> Started | int:
     try:
         await relay.start()
     except (TransportError, OSError) as exc:
@@ -309,18 +308,16 @@ async def _serve(relay: KmsRelay) -> int:
             relay.listen.cid, relay.listen.port, getattr(exc, "message", None) or exc,
         )
         return EXIT_LISTEN
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     stats = asyncio.ensure_future(relay.log_stats_forever())
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         stats.cancel()
         await relay.close()
         log.info("stopped; connections: %s", relay.counts())
-    return 0
+
+    listen = [relay.listen.cid, relay.listen.port]
+    remote = [relay.destination.host, relay.destination.port]
+    return Started(ready={"listen": listen, "remote": remote}, close=close)
 
 
 if __name__ == "__main__":

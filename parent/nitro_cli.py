@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 from ._nitro_errors import ErrorInfo, explain, find_code
 
@@ -74,7 +74,17 @@ DEFAULT_LIMITS = NitroCliLimits()
 
 class NitroCliError(CodedError):
     """A nitro-cli failure: ``code`` is ``Exx`` or one of ``nitro-cli-missing``,
-    ``nitro-cli-timeout``, ``nitro-cli-output``, ``nitro-cli-failed``, ``invalid-argument``."""
+    ``nitro-cli-timeout``, ``nitro-cli-output``, ``nitro-cli-failed``, ``invalid-argument``.
+    nitro-cli's own ``Exx`` codes are ``internal``."""
+
+    kind = Kind.INTERNAL  # nitro-cli's own Exx codes
+    codes = {
+        "invalid-argument": Kind.BAD_REQUEST,
+        "nitro-cli-missing": Kind.UNAVAILABLE,
+        "nitro-cli-timeout": Kind.UNAVAILABLE,
+        "nitro-cli-output": Kind.INTERNAL,
+        "nitro-cli-failed": Kind.INTERNAL,
+    }
 
     def __init__(
         self,
@@ -309,7 +319,7 @@ class NitroCli:
         if memory_mib < 1:
             raise NitroCliError("invalid-argument", f"memory_mib must be >= 1, got {memory_mib}")
         if enclave_cid not in (None, 0) and not (
-            MIN_ENCLAVE_CID <= enclave_cid <= MAX_ENCLAVE_CID  # type: ignore[operator]
+            MIN_ENCLAVE_CID <= enclave_cid <= MAX_ENCLAVE_CID
         ):
             raise NitroCliError(
                 "invalid-argument",

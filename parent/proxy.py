@@ -24,19 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from enclave.app import configure_json_logging
+from enclave.logs import configure_json_logging
+from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, run_service, serve_until_signal
 from enclave.transport import TransportError, VsockAddress
+from enclave.wire import APP_PORT
 
 from ._proxy_conns import ConnectionGate, ConnectionLimits
 from ._proxy_http import HttpLimits, ProxyHandlers, request_context
@@ -57,9 +56,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8080
-DEFAULT_ENCLAVE_PORT = 5000
-EXIT_USAGE = 2
-EXIT_LISTEN = 5
+DEFAULT_ENCLAVE_PORT = APP_PORT
 SHUTDOWN_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 128  # connections the kernel queues before accept (asyncio default)
 
@@ -102,7 +99,7 @@ def build_app(config: ProxyConfig) -> web.Application:
     app.router.add_get("/v1", handlers.list_routes)
     app.router.add_post("/v1/{op}", handlers.op)
 
-    async def lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await pool.start()
         yield
         await pool.close()
@@ -133,7 +130,12 @@ class CappedTCPSite(web.TCPSite):
 
 
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
-    """Serve until ``stop`` is set; prints one JSON ``ready`` line with the URL."""
+    """Serve until ``stop`` (or SIGTERM/SIGINT); prints one JSON ``ready`` line with the URL."""
+    return await serve_until_signal(lambda: start_proxy(config), stop=stop)
+
+
+async def start_proxy(config: ProxyConfig) -> Started | int:
+    """Listen; the started service (ready line: url, enclave), or EXIT_LISTEN."""
     app = build_app(config)
     runner = web.AppRunner(
         app,
@@ -156,18 +158,17 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
         return EXIT_LISTEN
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
-    print(json.dumps({"event": "ready", "url": url, "pid": os.getpid(),
-                      "enclave": [config.enclave.cid, config.enclave.port]}), flush=True)
     log.info("listening", extra={"fields": {"url": url, "enclave_cid": config.enclave.cid,
                                             "enclave_port": config.enclave.port,
                                             "max_connections": gate.max_connections,
                                             "max_per_peer": config.connections.max_per_peer}})
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         log.info("stopping", extra={"fields": {}})
         await runner.cleanup()
-    return 0
+
+    ready = {"url": url, "enclave": [config.enclave.cid, config.enclave.port]}
+    return Started(ready=ready, close=close)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,14 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
 
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await run_proxy(config, stop)
-
-    return asyncio.run(run())
+    return run_service(lambda: start_proxy(config))
 
 
 if __name__ == "__main__":

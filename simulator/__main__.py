@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from parent._subcommands import dispatch
+from enclave.service import dispatch
 
 COMMANDS = {
     "up": ("simulator.stack", "run the local stack until interrupted (writes STATE/stack.json)"),

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from enclave._nsm_codec import (
+from enclave.nsm_codec import (
     NSM_REQUEST_MAX_SIZE,
     NSM_RESPONSE_MAX_SIZE,
     ErrorResponse,
     encode_response,
 )
-from enclave._nsm_device import FRAME_HEADER
+from enclave.nsm_codec import SOCKET_FRAME_HEADER as FRAME_HEADER
 
 log = logging.getLogger("simulator.nsm")
 

@@ -162,8 +162,10 @@ def run_demo(
         public = serialization.load_der_public_key(
             from_b64(client.call("public-key", {"name": "signing-key"})["public_key"])
         )
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise DemoFailure("the sealed signing key is not an EC key")
         try:
-            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr,call-arg]
+            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise DemoFailure("the enclave's signature does not verify") from None
         story.ok(f"sign: {len(signature)}-byte ECDSA signature verifies with the public key")
@@ -180,7 +182,7 @@ def run_demo(
         e2e_message = b"e2e: approve payment #42"
         result = client.call_e2e("sign", {"name": "signing-key", "message": e2e_message})
         try:
-            public.verify(result["signature"], e2e_message, ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr,call-arg]
+            public.verify(result["signature"], e2e_message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise DemoFailure("the end-to-end signature does not verify") from None
         story.ok("sealed request -> proxy (ciphertext only) -> enclave -> sealed reply: verified")

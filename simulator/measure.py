@@ -135,11 +135,11 @@ def cpio_newc(files: Mapping[str, bytes]) -> bytes:
         entries["/".join(parts)] = content
     out = bytearray()
     ordered = sorted(entries.items(), key=lambda item: item[0].split("/"))
-    for ino, (name, content) in enumerate(ordered, start=1):
-        if content is None:
+    for ino, (name, entry) in enumerate(ordered, start=1):
+        if entry is None:
             out += _cpio_entry(name, b"", ino=ino, mode=_DIR_MODE, nlink=2)
         else:
-            out += _cpio_entry(name, content, ino=ino, mode=_FILE_MODE, nlink=1)
+            out += _cpio_entry(name, entry, ino=ino, mode=_FILE_MODE, nlink=1)
     out += _cpio_entry(_TRAILER, b"", ino=0, mode=0, nlink=1)
     return bytes(out)
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
-import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -34,7 +32,7 @@ from pathlib import Path
 
 from attestation.pcr import PCR_SIZE, ZERO_PCR, extend, pcr3_from_role_arn, pcr4_from_instance_id
 from attestation.testpki import TestPKI
-from enclave._nsm_codec import (
+from enclave.nsm_codec import (
     Attestation,
     AttestationDocumentBytes,
     DescribeNsm,
@@ -56,6 +54,7 @@ from enclave._nsm_codec import (
     decode_request,
     encode_response,
 )
+from enclave.service import Started, run_service
 
 from ._nsm_server import NsmServerLimits, serve_nsm
 from .measure import MeasureError, measure_enclave_code, measure_image_root
@@ -235,7 +234,7 @@ class SimulatedNsm:
                 with self._lock:
                     response: Response | ErrorResponse = self._dispatch(parsed)
             except NsmError as e:
-                response = ErrorResponse(e.code)
+                response = ErrorResponse(e.nsm_code)
             return encode_response(response)
         except Exception:  # a bug here must look like the device failing, not crash the caller
             log.exception("simulated NSM failed on a request")
@@ -319,7 +318,7 @@ def _app_files(packages: list[str]) -> dict[str, Path] | None:
     return files or None
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _start(args: argparse.Namespace) -> Started:
     pki = _load_or_create_pki(Path(args.pki))
     nsm = SimulatedNsm.for_enclave(
         pki,
@@ -331,23 +330,15 @@ async def _run(args: argparse.Namespace) -> int:
         image_root=args.image_root is not None,
     )
     server = await serve_nsm(nsm, args.socket)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     ready = {
-        "event": "ready",
         "socket": os.fspath(args.socket),
-        "pid": os.getpid(),
         "module_id": nsm.module_id,
         "debug": nsm.debug,
         "pcrs": {str(i): v.hex() for i, v in nsm.pcrs.items() if i in BOOT_LOCKED_PCRS},
         "root_pem": os.fspath(Path(args.pki) / "root.pem"),
     }
-    print(json.dumps(ready), flush=True)
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         server.close()
         close_clients = getattr(server, "close_clients", None)  # Python >= 3.13
         if callable(close_clients):
@@ -356,7 +347,8 @@ async def _run(args: argparse.Namespace) -> int:
             await asyncio.wait_for(server.wait_closed(), 5.0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.socket)
-    return 0
+
+    return Started(ready=ready, close=close)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="simulator.nsm: %(message)s")
     try:
-        return asyncio.run(_run(args))
+        return run_service(lambda: _start(args))
     except (OSError, ValueError, NsmError, MeasureError) as e:
         print(f"simulator.nsm: error: {e}", file=sys.stderr)
         return 2

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
@@ -19,6 +17,7 @@ from aiohttp import web
 from cryptography import x509
 
 from attestation import AWS_NITRO_ROOT_G1
+from enclave.service import Started, run_service
 from simulator.kms.credentials import CredentialError, parse_credential_flag
 from simulator.kms.server import KmsServer, create_app
 from simulator.kms.store import StoreError, atomic_write
@@ -91,13 +90,13 @@ def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return context
 
 
-async def _serve(
+async def _start(
     server: KmsServer,
     host: str,
     port: int,
     endpoint_file: Path,
     tls: ssl.SSLContext | None = None,
-) -> None:
+) -> Started:
     app = create_app(server)
     runner = web.AppRunner(
         app,
@@ -121,17 +120,13 @@ async def _serve(
         f"access keys and principals: {server.credentials.path} (defaults in docs/kms.md)",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         with contextlib.suppress(OSError):
             endpoint_file.unlink()
         await runner.cleanup()
+
+    return Started(ready={"url": url, "port": bound[1]}, close=close)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         endpoint = server.store.root / "endpoint.json"
-        asyncio.run(_serve(server, args.host, args.port, endpoint, tls))
+        run_service(lambda: _start(server, args.host, args.port, endpoint, tls))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

@@ -6,9 +6,11 @@ Steps (AWS "Create a signed AWS API request"):
 2. check the scope (date = X-Amz-Date's day, region, service, terminator) and the freshness of
    X-Amz-Date (±15 minutes of the server's clock);
 3. look the access key up; a configured session token must equal X-Amz-Security-Token;
-4. rebuild the canonical request from the received method, path, query, signed headers and the
-   SHA-256 of the body; derive the signing key from the secret; compare signatures in constant
-   time.
+4. hand the signed headers, method, path, query and body to botocore's ``SigV4Auth`` (the
+   signer every AWS SDK call here uses) to compute the signature; compare in constant time.
+
+botocore signs; it does not check. Steps 1-3, the signed-header list and the body hash a
+client may send in ``X-Amz-Content-SHA256`` are checked here.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, quote
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from simulator.kms.credentials import Credential
 from simulator.kms.errors import KmsError
@@ -56,25 +61,33 @@ def _header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
     return [v for k, v in headers if k.lower() == name]
 
 
-def _canonical_uri(path: str) -> str:
-    return quote(path or "/", safe="/~")
-
-
-def _canonical_query(query: str) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
-    encoded = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in pairs)
-    return "&".join(f"{k}={v}" for k, v in encoded)
-
-
-def _canonical_header_value(values: list[str]) -> str:
-    return ",".join(" ".join(v.split()) for v in values)
-
-
-def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
-    key = ("AWS4" + secret).encode()
-    for part in (day, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    return key
+def _signature(
+    request: SignedRequest,
+    signed: Sequence[str],
+    credential: Credential,
+    stamp: str,
+    region: str,
+    service: str,
+) -> str:
+    """The SigV4 signature of exactly the signed headers, computed by botocore."""
+    aws_request = AWSRequest(
+        method=request.method, url="http://signed.invalid" + request.raw_path, data=request.body
+    )
+    for name in signed:
+        for value in _header_values(request.headers, name):
+            aws_request.headers[name] = value  # HTTPHeaders: setting again adds a value
+    aws_request.context["timestamp"] = stamp
+    credentials = Credentials(
+        credential.access_key_id, credential.secret_access_key, credential.session_token
+    )
+    auth = SigV4Auth(credentials, service, region)
+    headers_to_sign = auth.headers_to_sign(aws_request)
+    if auth.signed_headers(headers_to_sign) != ";".join(signed):  # e.g. a signed user-agent
+        raise KmsError(
+            "IncompleteSignatureException", "SignedHeaders names a header SigV4 does not sign"
+        )
+    canonical = auth.canonical_request(aws_request)
+    return str(auth.signature(auth.string_to_sign(aws_request, canonical), aws_request))
 
 
 def verify_sigv4(
@@ -164,33 +177,15 @@ def verify_sigv4(
             "UnrecognizedClientException", "The security token included in the request is invalid."
         )
 
-    canonical_headers = []
     for name in signed:
-        values = _header_values(headers, name)
-        if not values:
+        if not _header_values(headers, name):
             raise KmsError("IncompleteSignatureException", f"signed header {name!r} is missing")
-        canonical_headers.append(f"{name}:{_canonical_header_value(values)}\n")
-    path, _, query = request.raw_path.partition("?")
-    canonical_request = "\n".join(
-        [
-            request.method.upper(),
-            _canonical_uri(path),
-            _canonical_query(query),
-            "".join(canonical_headers),
-            ";".join(signed),
-            hashlib.sha256(request.body).hexdigest(),
-        ]
-    )
-    string_to_sign = "\n".join(
-        [
-            _ALGORITHM,
-            date_values[0],
-            f"{day}/{scope_region}/{scope_service}/aws4_request",
-            hashlib.sha256(canonical_request.encode()).hexdigest(),
-        ]
-    )
-    key = _signing_key(credential.secret_access_key, day, scope_region, scope_service)
-    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    claimed = _header_values(headers, "x-amz-content-sha256")
+    if claimed and (len(claimed) > 1 or claimed[0] != hashlib.sha256(request.body).hexdigest()):
+        raise KmsError(
+            "InvalidSignatureException", "X-Amz-Content-SHA256 is not the SHA-256 of the body"
+        )
+    expected = _signature(request, signed, credential, date_values[0], scope_region, service)
     if not hmac.compare_digest(expected, match.group("sig")):
         raise KmsError(
             "InvalidSignatureException",
@@ -199,9 +194,3 @@ def verify_sigv4(
         )
     return credential
 
-
-def header_pairs(headers: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Normalize a mapping or a pair list to a list of (name, value)."""
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = ["HTTP_STATUS", "KmsError"]
 
@@ -49,8 +49,29 @@ HTTP_STATUS: dict[str, int] = {
 }
 
 
+_KIND_OF_STATUS = {
+    400: Kind.BAD_REQUEST, 408: Kind.UNAVAILABLE, 412: Kind.CONFLICT, 413: Kind.BAD_REQUEST
+}
+_KINDS = {
+    "AccessDeniedException": Kind.FORBIDDEN,
+    "NotFoundException": Kind.NOT_FOUND,
+    "AlreadyExistsException": Kind.CONFLICT,
+    "DisabledException": Kind.CONFLICT,
+    "KMSInvalidStateException": Kind.CONFLICT,
+    "ThrottlingException": Kind.UNAVAILABLE,
+    "LimitExceededException": Kind.UNAVAILABLE,
+    "KMSInternalException": Kind.INTERNAL,
+}
+
+
 class KmsError(CodedError):
-    """An error answered to the client; ``code`` is the KMS exception name."""
+    """An error answered to the client; ``code`` is the KMS exception name (AWS's own names,
+    not toolkit codes: this is the AWS JSON 1.1 contract)."""
+
+    codes = {
+        name: _KINDS.get(name) or _KIND_OF_STATUS.get(status, Kind.INTERNAL)
+        for name, status in HTTP_STATUS.items()
+    }
 
     def __init__(self, code: str, message: str) -> None:
         if code not in HTTP_STATUS:

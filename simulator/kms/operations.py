@@ -651,7 +651,7 @@ class KmsService:
             )
         if spec is not None:
             return 32 if spec == "AES_256" else 16
-        return int(count)
+        return int(str(count))
 
     def _generate_data_key(
         self, p: dict[str, Any], ctx: CallContext, action: str, recipient: VerifiedRecipient | None

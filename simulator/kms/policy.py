@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = [
     "MAX_KEY_POLICY_BYTES",
@@ -73,6 +73,7 @@ class PolicyDocumentError(CodedError):
     """The policy text is not a key policy this KMS accepts; ``code`` is stable."""
 
     code = "malformed-policy"
+    kind = Kind.BAD_REQUEST
 
     def __init__(self, message: str) -> None:
         super().__init__(type(self).code, message)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 __all__ = [
     "MAX_ALIASES",
@@ -47,6 +47,8 @@ _KEY_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 
 class StoreError(CodedError):
     """The state directory is unusable or a limit is reached; ``code`` says which."""
+
+    codes = {"corrupt-state": Kind.INTERNAL, "limit": Kind.CONFLICT}
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:

@@ -189,3 +189,18 @@ def test_one_check_class_per_claim() -> None:
     ]
     assert "nonce" in repr(p) and "pcrs=1" in repr(p)
     assert [type(c) for c in Policy(allow_debug=True).checks] == [Fresh]
+
+
+def test_policy_is_a_frozen_dataclass_that_replace_derives_from(doc) -> None:
+    import dataclasses
+
+    base = Policy(pcrs={0: PCR0.hex() if isinstance(PCR0, bytes) else PCR0}, allow_debug=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.nonce = b"x"  # type: ignore[misc]
+    derived = dataclasses.replace(base, nonce=b"nonce", max_age=timedelta(days=3650))
+    assert derived.nonce == b"nonce" and derived.pcrs == base.pcrs and base.nonce is None
+    derived.check(doc, NOW)  # the derived policy is checked like a new one
+    with pytest.raises(NonceMismatchError):
+        dataclasses.replace(base, nonce=b"other").check(doc, NOW)
+    with pytest.raises(PolicyError):  # replace validates like the constructor
+        dataclasses.replace(base, max_age=timedelta(0))

@@ -21,9 +21,9 @@ def test_round_trip_request_and_reply() -> None:
     opened = key.open_request(sealed)
     assert (opened.op, opened.body, opened.nonce) == ("sign", {"m": b"\x00\xff"}, NONCE)
     assert opener.open(opened.seal_result({"sig": b"s"})) == {"ok": True, "result": {"sig": b"s"}}
-    assert opener.open(opened.seal_error("no-such-secret", "x")) == {
+    assert opener.open(opened.seal_error("no-such-secret", "x", "not-found")) == {
         "ok": False,
-        "error": {"code": "no-such-secret", "message": "x"},
+        "error": {"code": "no-such-secret", "kind": "not-found", "message": "x"},
     }
 
 

@@ -336,3 +336,41 @@ def test_bad_codes_and_stray_timeouts_become_internal(nsm: SimulatedNsm) -> None
             assert opener.open(reply["sealed"])["error"]["code"] == "internal"
 
     run(go)
+
+
+def test_handler_deadline_derives_from_the_callers(tmp_path) -> None:
+    """A request's timeout_ms (the caller's remaining budget) bounds the handler's deadline:
+    the app answers deadline-exceeded within it, not after its own longer default."""
+    import time
+
+    from enclave.app import App
+    from enclave.protocol import ProtocolClient, RemoteError, serve
+    from enclave.transport import VMADDR_CID_ANY, VsockAddress
+
+    app = App("deadline", "1", builtins=False)
+    seen: list[float] = []
+
+    @app.operation("hold", deadline_s=30.0)
+    async def hold(ctx, body):  # type: ignore[no-untyped-def]
+        seen.append(ctx.remaining())
+        await asyncio.sleep(10)
+
+    async def go() -> None:
+        sim = {"sim_dir": str(tmp_path), "sim_cid": 16}
+        server = await serve(VsockAddress(VMADDR_CID_ANY, 7001), app.protocol_handlers(), **sim)
+        try:
+            client = await ProtocolClient.connect(VsockAddress(16, 7001), sim_dir=str(tmp_path))
+            async with client:
+                start = time.monotonic()
+                with pytest.raises((RemoteError, TimeoutError)) as info:
+                    await client.request("hold", {}, timeout=0.5)
+                assert time.monotonic() - start < 5
+                if isinstance(info.value, RemoteError):
+                    assert info.value.code in ("deadline-exceeded", "timeout")
+                    assert info.value.kind == "unavailable"
+        finally:
+            server.close()
+            app.close()
+
+    asyncio.run(go())
+    assert seen and seen[0] <= 0.5  # not the operation's 30 s

@@ -117,7 +117,9 @@ def test_error_codes_are_stable_and_distinct():
         "cms-unsupported",
         "cms-decrypt-failed",
     )
-    assert CmsMalformedError("x").to_dict() == {"code": "cms-malformed", "message": "x"}
+    assert CmsMalformedError("x").to_dict() == {
+        "code": "cms-malformed", "kind": "bad-request", "message": "x"
+    }
 
 
 # ------------------------------------------------------------------- independent OpenSSL CMS

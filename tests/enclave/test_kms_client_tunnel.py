@@ -401,3 +401,19 @@ def test_tunnel_connection_limit(sim_dir):
             assert tunnel.refused == 1
         finally:
             held.close()
+
+
+def test_listening_log_line_keeps_its_fields(sim_dir, caplog):
+    """The port and relay reach the JSON log (extra={"fields": ...}, what the formatter reads)."""
+    import json
+    import logging
+
+    from enclave.logs import JsonLineFormatter
+
+    with caplog.at_level(logging.INFO, logger="enclave.kms_tunnel"), KmsTunnel(
+        "us-east-1", relay=VsockAddress(PARENT_CID, 8195)
+    ) as tunnel:
+        port = tunnel.port
+    record = next(r for r in caplog.records if r.getMessage() == "kms tunnel listening")
+    line = json.loads(JsonLineFormatter().format(record))
+    assert line["port"] == port and line["relay"] == [PARENT_CID, 8195]

@@ -106,7 +106,7 @@ def test_every_operation_over_the_ioctl(nsm, device_file, pki):
         assert len(doc) > 6000  # the largest answer still fits the 12288-byte buffer
         with pytest.raises(NsmError) as info:
             client.extend_pcr(0, b"x")
-        assert info.value.code == "ReadOnlyIndex"
+        assert info.value.nsm_code == "ReadOnlyIndex"
     assert driver.calls >= 10
 
 
@@ -115,7 +115,7 @@ def test_truncated_answer_is_invalid_response(device_file):
     driver = KernelDriverStandIn(lambda _req: big)
     with pytest.raises(NsmError) as info:
         NsmClient(DeviceTransport(device_file, ioctl=driver)).attestation()
-    assert info.value.code == "InvalidResponse"
+    assert info.value.nsm_code == "InvalidResponse"
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_errno_mapping(device_file, err, code):
     driver = KernelDriverStandIn(lambda _req: b"", fail_errno=err)
     with pytest.raises(NsmError) as info:
         NsmClient(DeviceTransport(device_file, ioctl=driver)).describe_nsm()
-    assert info.value.code == code
+    assert info.value.nsm_code == code
 
 
 def test_oversized_request_never_reaches_the_driver(device_file):
@@ -138,7 +138,7 @@ def test_oversized_request_never_reaches_the_driver(device_file):
     transport = DeviceTransport(device_file, ioctl=driver)
     with pytest.raises(NsmError) as info:
         transport(bytes(NSM_REQUEST_MAX_SIZE + 1))
-    assert info.value.code == "InputTooLarge"
+    assert info.value.nsm_code == "InputTooLarge"
     assert driver.calls == 0
 
 
@@ -146,7 +146,7 @@ def test_real_ioctl_on_a_file_that_is_not_the_device(device_file):
     # the production fcntl.ioctl: a regular file answers ENOTTY, which maps to InternalError
     with pytest.raises(NsmError) as info:
         NsmClient(DeviceTransport(device_file)).describe_nsm()
-    assert info.value.code == "InternalError"
+    assert info.value.nsm_code == "InternalError"
 
 
 def test_closed_transport(device_file, nsm):
@@ -155,7 +155,7 @@ def test_closed_transport(device_file, nsm):
     client.close()
     with pytest.raises(NsmError) as info:
         client.describe_nsm()
-    assert info.value.code == "InternalError"
+    assert info.value.nsm_code == "InternalError"
 
 
 # -- choosing the transport -------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_no_device_and_no_socket_gives_the_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv(NSM_SOCKET_ENV, raising=False)
     with pytest.raises(NsmUnavailableError) as info:
         _nsm_device.default_transport(str(tmp_path / "nsm"))
-    assert info.value.code == "DeviceUnavailable"
+    assert info.value.nsm_code == "DeviceUnavailable"
     assert str(info.value.message) == (
         "no /dev/nsm: not inside a Nitro Enclave; set NITRO_NSM_SOCKET to use the simulator"
     )
@@ -249,7 +249,7 @@ def test_socket_transport_survives_bad_servers(behaviour, code):
         client = NsmClient(SocketTransport(server.path, timeout=0.5))
         with pytest.raises(NsmError) as info:
             client.lock_pcr(16)
-        assert info.value.code == code
+        assert info.value.nsm_code == code
     finally:
         server.close()
 
@@ -273,7 +273,7 @@ def test_socket_transport_frames_requests_and_answers():
 def test_socket_transport_refuses_oversized_requests_locally():
     with pytest.raises(NsmError) as info:
         SocketTransport("/nonexistent/socket")(bytes(NSM_REQUEST_MAX_SIZE + 1))
-    assert info.value.code == "InputTooLarge"
+    assert info.value.nsm_code == "InputTooLarge"
 
 
 # -- get_random --------------------------------------------------------------------------------
@@ -297,14 +297,14 @@ def test_get_random_gathers_several_answers(nsm):
 def test_get_random_refuses_bad_sizes(nsm, n):
     with pytest.raises(NsmError) as info:
         NsmClient(nsm.handle).get_random(n)
-    assert info.value.code == "InvalidArgument"
+    assert info.value.nsm_code == "InvalidArgument"
 
 
 def test_get_random_empty_answer_does_not_loop():
     client = NsmClient(lambda _r: cbor2.dumps({"GetRandom": {"random": b""}}))
     with pytest.raises(NsmError) as info:
         client.get_random(8)
-    assert info.value.code == "InvalidResponse"
+    assert info.value.nsm_code == "InvalidResponse"
 
 
 @settings(max_examples=60, deadline=None)
@@ -327,7 +327,7 @@ def test_socket_transport_any_answer_only_raises_nsm_error(answer):
         try:
             client.lock_pcr(16)
         except NsmError as e:
-            assert e.code in {"InvalidResponse", "InternalError"}
+            assert e.nsm_code in {"InvalidResponse", "InternalError"}
         else:
             assert answer[4 : 4 + struct.unpack(">I", answer[:4])[0]] == cbor2.dumps("LockPCR")
     finally:

@@ -123,7 +123,7 @@ def test_error_answers_raise_with_the_device_code(code):
     client = NsmClient(transport=_Recorder({"Error": code}))
     with pytest.raises(NsmError) as info:
         client.describe_pcr(1)
-    assert info.value.code == code
+    assert info.value.nsm_code == code
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_wrong_answers_are_invalid_response(answer):
     client = NsmClient(transport=_Recorder(answer))
     with pytest.raises(NsmError) as info:
         client.describe_pcr(0)
-    assert info.value.code == "InvalidResponse"
+    assert info.value.nsm_code == "InvalidResponse"
 
 
 def test_unknown_fields_are_ignored_as_serde_does():
@@ -174,13 +174,13 @@ def test_unknown_fields_are_ignored_as_serde_does():
 def test_undecodable_answers_are_invalid_response(raw):
     with pytest.raises(NsmError) as info:
         decode_response(raw, PcrLocked)
-    assert info.value.code == "InvalidResponse"
+    assert info.value.nsm_code == "InvalidResponse"
 
 
 def test_non_bytes_answer_is_invalid_response():
     with pytest.raises(NsmError) as info:
         NsmClient(transport=lambda _r: "LockPCR").lock_pcr(16)  # type: ignore[arg-type,return-value]
-    assert info.value.code == "InvalidResponse"
+    assert info.value.nsm_code == "InvalidResponse"
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ def test_non_bytes_answer_is_invalid_response():
 def test_bad_arguments_are_refused_before_sending(request_):
     with pytest.raises(NsmError) as info:
         encode_request(request_)
-    assert info.value.code == "InvalidArgument"
+    assert info.value.nsm_code == "InvalidArgument"
 
 
 def test_oversized_request_is_refused_before_the_transport():
@@ -209,10 +209,10 @@ def test_oversized_request_is_refused_before_the_transport():
     client = NsmClient(transport=transport)
     with pytest.raises(NsmError) as info:
         client.extend_pcr(16, bytes(NSM_REQUEST_MAX_SIZE))
-    assert info.value.code == "InputTooLarge"
+    assert info.value.nsm_code == "InputTooLarge"
     with pytest.raises(NsmError) as info:
         client.attestation(user_data=bytes(2000), nonce=bytes(2000), public_key=bytes(100))
-    assert info.value.code == "InputTooLarge"
+    assert info.value.nsm_code == "InputTooLarge"
     # the largest request that still fits is sent
     overhead = len(encode_request(ExtendPcr(16, bytes(100)))) - 100
     largest = NSM_REQUEST_MAX_SIZE - overhead - 2  # the length header grows by 2 bytes
@@ -225,7 +225,7 @@ def test_a_failing_transport_becomes_internal_error():
 
     with pytest.raises(NsmError) as info:
         NsmClient(transport=transport).describe_nsm()
-    assert info.value.code == "InternalError"
+    assert info.value.nsm_code == "InternalError"
 
 
 @pytest.mark.parametrize(
@@ -248,7 +248,7 @@ def test_a_failing_transport_becomes_internal_error():
 def test_request_parser_codes(raw, code):
     with pytest.raises(NsmError) as info:
         decode_request(raw)
-    assert info.value.code == code
+    assert info.value.nsm_code == code
 
 
 def test_missing_optional_attestation_fields_read_as_null():
@@ -330,7 +330,7 @@ def test_response_round_trip(response):
 def test_error_round_trip(code, expected):
     with pytest.raises(NsmError) as info:
         decode_response(encode_response(ErrorResponse(code)), expected)
-    assert info.value.code == code
+    assert info.value.nsm_code == code
 
 
 @settings(max_examples=200, deadline=None)
@@ -339,7 +339,7 @@ def test_garbage_bytes_only_raise_nsm_error(raw, expected):
     try:
         decode_response(raw, expected)
     except NsmError as e:
-        assert e.code in ERROR_CODES
+        assert e.nsm_code in ERROR_CODES
 
 
 @settings(max_examples=200, deadline=None)
@@ -348,7 +348,7 @@ def test_arbitrary_cbor_answers_only_raise_nsm_error(value, expected):
     try:
         result = decode_response(cbor2.dumps(value), expected)
     except NsmError as e:
-        assert e.code in ERROR_CODES
+        assert e.nsm_code in ERROR_CODES
     else:
         assert isinstance(result, expected)
 
@@ -359,7 +359,7 @@ def test_arbitrary_requests_only_raise_nsm_error(raw):
     try:
         parsed = decode_request(raw)
     except NsmError as e:
-        assert e.code in {"InvalidOperation", "InvalidArgument", "InputTooLarge"}
+        assert e.nsm_code in {"InvalidOperation", "InvalidArgument", "InputTooLarge"}
     else:
         assert decode_request(encode_request(parsed)) == parsed
 

@@ -262,8 +262,17 @@ def test_unknown_request_keys_are_ignored_and_body_defaults_to_null():
 def test_replies_parse_and_error_codes_are_sanitised():
     assert parse_reply(decode_cbor(encode_response(3, [1], strict_keys=True))).body == [1]
     reply = parse_reply(decode_cbor(encode_error(None, "read-timeout", "slow")))
-    assert reply.id is None and reply.error == ("read-timeout", "slow")
-    assert parse_reply(cbor2.loads(encode_error(4, "Not A Code!", "x"))).error[0] == "internal"
+    assert reply.id is None and reply.error == ("read-timeout", "slow", "bad-request")
+    assert parse_reply(cbor2.loads(encode_error(4, "Not A Code!", "x"))).error[:3:2] == (
+        "internal", "internal"
+    )
+    # the kind travels with the code; a peer without kinds gets the protocol's, else internal
+    custom = parse_reply(cbor2.loads(encode_error(4, "store-full", "m", "conflict")))
+    assert custom.error == ("store-full", "m", "conflict")
+    old = {"id": 4, "error": {"code": "unknown-op", "message": "m"}}
+    assert parse_reply(old).error == ("unknown-op", "m", "not-found")
+    odd = {"id": 4, "error": {"code": "app-thing", "message": "m", "kind": "nonsense"}}
+    assert parse_reply(odd).error == ("app-thing", "m", "internal")
     long = parse_reply(cbor2.loads(encode_error(4, "x", "m" * 5000))).error[1]
     assert len(long) == 1024
     for bad in ({"body": 1}, {"id": 1, "error": "x"}, {"id": 1, "error": {"code": 5}}):

@@ -1,4 +1,4 @@
-"""The parent proxy in process: HTTP routes, JSON/base64, limits (413, 408, 503, 504), health
+"""The parent proxy in process: HTTP routes, JSON/base64, limits and kind-derived statuses, health
 telling "enclave down" from "proxy down", reconnect after an enclave restart, request ids and
 logs without payloads. The enclave app runs on the simulated vsock (real sockets)."""
 
@@ -22,6 +22,7 @@ from attestation import Policy, TestPKI, verify
 from enclave.app import App, app_user_data
 from enclave.nsm import NsmClient
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
+from parent._proxy_http import STATUS_FOR_KIND
 from parent._proxy_pool import PoolLimits
 from parent.proxy import HttpLimits, ProxyConfig, build_app
 from simulator.nsm import SimulatedNsm
@@ -191,26 +192,27 @@ def test_attestation_for_an_outside_key_is_refused(
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "kwargs", "status", "code"),
+    ("method", "path", "kwargs", "kind", "code"),
     [
-        ("POST", "/v1/echo", {"data": b"{not json"}, 400, "bad-json"),
-        ("POST", "/v1/echo", {"json": [1, 2]}, 400, "bad-json"),
-        ("POST", "/v1/echo", {"data": b"[" * 100_000}, 400, "bad-json"),
-        ("POST", "/attestation", {"data": b'{"a":' * 50_000}, 400, "bad-json"),
-        ("POST", "/v1/echo", {"json": {"data": "%%%"}}, 400, "bad-base64"),
-        ("POST", "/v1/missing", {"json": {}}, 404, "unknown-op"),
-        ("POST", "/v1/hidden", {"json": {}}, 404, "unknown-op"),
-        ("POST", "/v1/set-credentials", {"json": {}}, 404, "unknown-op"),
-        ("POST", "/v1/Bad_Name", {"json": {}}, 404, "not-found"),
-        ("POST", "/attestation", {"json": {"nonce": 5}}, 400, "bad-request"),
-        ("POST", "/attestation", {"json": {"nonce": b64(b"n"), "x": 1}}, 400, "bad-request"),
-        ("POST", "/e2e", {"json": {"sealed": b64(b"garbage")}}, 400, "e2e-malformed"),
-        ("GET", "/nowhere", {}, 404, "not-found"),
-        ("GET", "/attestation", {}, 405, "method-not-allowed"),
+        ("POST", "/v1/echo", {"data": b"{not json"}, "bad-request", "bad-json"),
+        ("POST", "/v1/echo", {"json": [1, 2]}, "bad-request", "bad-json"),
+        ("POST", "/v1/echo", {"data": b"[" * 100_000}, "bad-request", "bad-json"),
+        ("POST", "/attestation", {"data": b'{"a":' * 50_000}, "bad-request", "bad-json"),
+        ("POST", "/v1/echo", {"json": {"data": "%%%"}}, "bad-request", "bad-base64"),
+        ("POST", "/v1/missing", {"json": {}}, "not-found", "unknown-op"),
+        ("POST", "/v1/hidden", {"json": {}}, "not-found", "unknown-op"),
+        ("POST", "/v1/set-credentials", {"json": {}}, "not-found", "unknown-op"),
+        ("POST", "/v1/Bad_Name", {"json": {}}, "not-found", "not-found"),
+        ("POST", "/attestation", {"json": {"nonce": 5}}, "bad-request", "bad-request"),
+        ("POST", "/attestation", {"json": {"nonce": b64(b"n"), "x": 1}}, "bad-request",
+         "bad-request"),
+        ("POST", "/e2e", {"json": {"sealed": b64(b"garbage")}}, "bad-request", "e2e-malformed"),
+        ("GET", "/nowhere", {}, "not-found", "not-found"),
+        ("GET", "/attestation", {}, "bad-request", "method-not-allowed"),
     ],
 )
 def test_bad_requests_get_typed_json_errors(
-    pki: TestPKI, sim_dir: str, method: str, path: str, kwargs: dict, status: int, code: str
+    pki: TestPKI, sim_dir: str, method: str, path: str, kwargs: dict, kind: str, code: str
 ) -> None:
     async def go() -> None:
         async with (
@@ -218,19 +220,20 @@ def test_bad_requests_get_typed_json_errors(
             r.session.request(method, r.url + path, **kwargs) as resp,
         ):
             body = await resp.json()
-            assert resp.status == status, body
-            assert body["error"]["code"] == code
+            assert resp.status == STATUS_FOR_KIND[kind], body  # the status comes from the kind
+            assert body["error"]["code"] == code and body["error"]["kind"] == kind
             assert body["request_id"] == resp.headers["X-Request-Id"]
 
     asyncio.run(go())
 
 
-def test_oversized_bodies_get_413(pki: TestPKI, sim_dir: str) -> None:
+def test_oversized_bodies_are_bad_requests(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir, http=HttpLimits(max_body_bytes=1000)) as r:
             big = {"data": b64(b"x" * 2000)}
             status, body, _ = await r.post("/v1/echo", big)
-            assert status == 413 and body["error"]["code"] == "payload-too-large"
+            assert status == 400 and body["error"]["code"] == "payload-too-large"
+            assert body["error"]["kind"] == "bad-request"
 
             async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
                 yield b'{"data": "'
@@ -239,13 +242,13 @@ def test_oversized_bodies_get_413(pki: TestPKI, sim_dir: str) -> None:
                 yield b'"}'
 
             status, body, _ = await r.post("/v1/echo", data=chunks())
-            assert status == 413
+            assert status == 400
             assert (await r.get("/health"))[0] == 200  # others unaffected
 
     asyncio.run(go())
 
 
-def test_slow_body_is_cut_off_with_408(pki: TestPKI, sim_dir: str) -> None:
+def test_slow_body_is_cut_off_as_a_bad_request(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir, http=HttpLimits(body_timeout_s=0.5)) as r:
             host, port = r.url[len("http://"):].split(":")
@@ -254,7 +257,8 @@ def test_slow_body_is_cut_off_with_408(pki: TestPKI, sim_dir: str) -> None:
                          b"\r\nContent-Length: 100\r\n\r\n{")
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 408")
+            assert head.startswith(b"HTTP/1.1 400")  # body-timeout: kind bad-request
+            assert b"Connection: close" in head
             writer.close()
 
     asyncio.run(go())
@@ -332,12 +336,15 @@ def test_backpressure_answers_503_when_saturated(pki: TestPKI, sim_dir: str) -> 
     asyncio.run(go())
 
 
-def test_enclave_round_trip_deadline_gives_504(pki: TestPKI, sim_dir: str) -> None:
+def test_enclave_round_trip_deadline_is_unavailable(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir,
                            http=HttpLimits(request_timeout_s=0.3)) as r:
             status, body, _ = await r.post("/v1/hold", {"s": 3})
-            assert status == 504 and body["error"]["code"] in ("enclave-timeout", "timeout")
+            assert status == 503 and body["error"]["code"] in (
+                "enclave-timeout", "timeout", "deadline-exceeded"  # whichever side fires first
+            )
+            assert body["error"]["kind"] == "unavailable"
             assert (await r.post("/v1/echo", {"n": 1}))[0] == 200
 
     asyncio.run(go())
@@ -404,7 +411,7 @@ def test_a_request_too_large_for_the_protocol_does_not_break_the_connection(
             slow = asyncio.ensure_future(session.post(url + "/v1/hold", json={"s": 0.5}))
             await asyncio.sleep(0.1)
             async with session.post(url + "/v1/echo", json={"data": b64(b"x" * 8000)}) as r:
-                assert r.status == 413 and (await r.json())["error"]["code"] == "frame-too-large"
+                assert r.status == 400 and (await r.json())["error"]["code"] == "frame-too-large"
             held = await slow
             assert held.status == 200  # the same connection carried it on
             held.release()

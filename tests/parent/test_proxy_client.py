@@ -103,6 +103,7 @@ def test_attest_and_call_end_to_end(pki: TestPKI, sim_dir: str) -> None:
             with pytest.raises(EnclaveClientError) as info:
                 await asyncio.to_thread(client.call_e2e, "reverse", {"data": "text"})
             assert info.value.code == "bad-request"  # the typed error came back sealed
+            assert info.value.kind == "bad-request"  # with its kind
             plain = await asyncio.to_thread(client.call, "reverse", {"data": b"\x01\x02"})
             assert from_b64(plain["data"]) == b"\x02\x01" and plain["e2e"] is False
         server.close()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from parent._subcommands import dispatch
+from enclave.service import dispatch
 
 
 @pytest.mark.parametrize("package", ["parent", "simulator"])

@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 from reliability_support import LiveStack
 
+from parent._proxy_http import STATUS_FOR_KIND
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 WORKERS = 32
@@ -89,7 +91,8 @@ def run_load(url: str, key: bytes, stop: threading.Event, tally: Tally) -> None:
                     tally.wrong.append(f"{message!r}")
             else:
                 code = answer.get("error", {}).get("code")
-                if code in CLEAR_FAILURES and status in (404, 503, 504):
+                kind = answer.get("error", {}).get("kind")
+                if code in CLEAR_FAILURES and status == STATUS_FOR_KIND.get(kind) in (404, 503):
                     tally.failures[code] = tally.failures.get(code, 0) + 1
                 else:
                     tally.unclear.append(f"{status} {answer}")

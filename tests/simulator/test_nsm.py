@@ -55,7 +55,7 @@ def make(pki, **kw) -> tuple[SimulatedNsm, NsmClient]:
 def code_of(call) -> str:
     with pytest.raises(NsmError) as info:
         call()
-    return info.value.code
+    return info.value.nsm_code
 
 
 # -- boot state --------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ class PcrBankMachine(RuleBasedStateMachine):
         try:
             got = self.client.extend_pcr(index, data)
         except NsmError as e:
-            assert e.code == ("InvalidIndex" if index >= 32 else "ReadOnlyIndex")
+            assert e.nsm_code == ("InvalidIndex" if index >= 32 else "ReadOnlyIndex")
             assert index >= 32 or index in self.locked
             return
         assert index < 32 and index not in self.locked
@@ -346,7 +346,7 @@ class PcrBankMachine(RuleBasedStateMachine):
         try:
             self.client.lock_pcr(index)
         except NsmError as e:
-            assert e.code == ("InvalidIndex" if index >= 32 else "ReadOnlyIndex")
+            assert e.nsm_code == ("InvalidIndex" if index >= 32 else "ReadOnlyIndex")
             return
         assert index < 32 and index not in self.locked
         self.locked.add(index)
@@ -356,7 +356,7 @@ class PcrBankMachine(RuleBasedStateMachine):
         try:
             self.client.lock_pcrs(range_)
         except NsmError as e:
-            assert e.code == "InvalidIndex" and range_ > 32
+            assert e.nsm_code == "InvalidIndex" and range_ > 32
             return
         self.locked.update(range(range_))
 

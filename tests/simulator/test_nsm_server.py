@@ -187,7 +187,7 @@ def test_pcr_operations_over_the_socket(client):
     for index, code in ((23, "ReadOnlyIndex"), (2, "ReadOnlyIndex"), (40, "InvalidIndex")):
         with pytest.raises(NsmError) as info:
             client.extend_pcr(index, b"x")
-        assert info.value.code == code
+        assert info.value.nsm_code == code
     assert parse_document(client.attestation()).pcrs[23] == value
     assert len(client.get_random(1000)) == 1000
 
