@@ -84,7 +84,7 @@ def _get(conn: Any, path: str) -> tuple[int, bytes]:
     if not path.startswith("/"):
         raise UsageError("--get PATH must start with /")
     conn.tls.sendall(get_request(conn.host, path, close=True))
-    response = http.client.HTTPResponse(conn.tls)  # type: ignore[arg-type]
+    response = http.client.HTTPResponse(conn.tls)
     response.begin()
     return response.status, response.read(MAX_GET_BODY)
 

@@ -124,8 +124,8 @@ class KmsSigner:
         region: str | None = None,
         limits: BuildLimits = DEFAULT_LIMITS,
     ) -> KmsSigner:
-        import boto3  # type: ignore[import-untyped]
-        from botocore.exceptions import (  # type: ignore[import-untyped]
+        import boto3
+        from botocore.exceptions import (
             BotoCoreError,
             ClientError,
         )
@@ -149,7 +149,7 @@ class KmsSigner:
         return cls(cert_pem, key_id, client)
 
     def sign_der(self, message: bytes) -> bytes:
-        from botocore.exceptions import (  # type: ignore[import-untyped]
+        from botocore.exceptions import (
             BotoCoreError,
             ClientError,
         )
