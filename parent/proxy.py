@@ -37,8 +37,13 @@ from aiohttp import web
 from enclave.app import configure_json_logging
 from enclave.transport import TransportError, VsockAddress
 
+from ._drain import Drainer, DrainLimits
+from ._node_health import node_health
 from ._proxy_http import HttpLimits, ProxyHandlers, request_context
 from ._proxy_pool import EnclavePool, EnclaveUnavailable, PoolLimits
+from ._secret_keeper import KeeperLimits, KeptPool, SecretKeeper
+from .metrics import METRICS_PATH, ProxyMetrics
+from .secret_store import StoreError, open_store
 
 __all__ = [
     "DEFAULT_ENCLAVE_PORT",
@@ -69,29 +74,46 @@ class ProxyConfig:
     port: int = DEFAULT_PORT
     http: HttpLimits = field(default_factory=HttpLimits)
     pool: PoolLimits = field(default_factory=PoolLimits)
+    secret_store: str | None = None  # directory or s3://bucket/prefix (parent.secret_store)
+    s3_endpoint_url: str | None = None
+    keeper: KeeperLimits = field(default_factory=KeeperLimits)
+    drain: DrainLimits = field(default_factory=DrainLimits)
 
 
 POOL_KEY = web.AppKey("pool", EnclavePool)
 HANDLERS_KEY = web.AppKey("handlers", ProxyHandlers)
+DRAINER_KEY = web.AppKey("drainer", Drainer)
 
 
 def build_app(config: ProxyConfig) -> web.Application:
     """The aiohttp application (the pool starts and stops with it)."""
-    app = web.Application(
-        middlewares=[request_context], client_max_size=config.http.max_body_bytes
-    )
+    drainer = Drainer(config.drain)
+    keeper = None
+    if config.secret_store:
+        keeper = SecretKeeper(
+            open_store(config.secret_store, endpoint_url=config.s3_endpoint_url), config.keeper
+        )
     handlers_box: dict[str, ProxyHandlers] = {}
+    metrics = ProxyMetrics(lambda: _node_state(pool, keeper, drainer),
+                           lambda: handlers_box["h"].routes)
+    app = web.Application(
+        middlewares=[metrics.middleware, drainer.middleware, request_context],
+        client_max_size=config.http.max_body_bytes,
+    )
 
     async def on_connect(_pool: EnclavePool) -> None:
         with contextlib.suppress(Exception):
             await handlers_box["h"].refresh_routes()
 
-    pool = EnclavePool(config.enclave, limits=config.pool, on_connect=on_connect)
+    pool = KeptPool(config.enclave, limits=config.pool, on_connect=on_connect)
+    pool.keeper = keeper
     handlers = ProxyHandlers(pool, config.http)
     handlers_box["h"] = handlers
     app[POOL_KEY] = pool
     app[HANDLERS_KEY] = handlers
-    app.router.add_get("/health", handlers.health)
+    app[DRAINER_KEY] = drainer
+    app.router.add_get("/health", node_health(handlers.health, keeper, drainer))
+    app.router.add_get(METRICS_PATH, metrics.handler)
     app.router.add_post("/attestation", handlers.attestation)
     app.router.add_post("/e2e", handlers.e2e)
     app.router.add_get("/v1", handlers.list_routes)
@@ -99,23 +121,43 @@ def build_app(config: ProxyConfig) -> web.Application:
 
     async def lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
         await pool.start()
+        if keeper is not None:
+            await keeper.start(pool)
         yield
+        if keeper is not None:
+            await keeper.close()
         await pool.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
 
 
+def _node_state(pool: EnclavePool, keeper: SecretKeeper | None, drainer: Drainer) -> dict:
+    return {
+        "enclave_up": keeper.enclave_up if keeper is not None else pool.up,
+        "enclave_restarts": keeper.enclave_restarts if keeper is not None else 0,
+        "enclave_connections": pool.connected,
+        "enclave_connects": pool.connects,
+        "secrets_registered": keeper.total if keeper is not None else 0,
+        "secrets_loaded": keeper.loaded if keeper is not None else 0,
+        "draining": drainer.draining,
+    }
+
+
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
-    """Serve until ``stop`` is set; prints one JSON ``ready`` line with the URL."""
-    app = build_app(config)
+    """Serve until ``stop`` is set, then drain; prints one JSON ``ready`` line with the URL."""
+    try:
+        app = build_app(config)
+    except StoreError as exc:
+        print(f"proxy: secret store: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
         keepalive_timeout=config.http.header_timeout_s,  # also bounds a slow request head
         lingering_time=config.http.lingering_s,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        shutdown_timeout=max(SHUTDOWN_TIMEOUT_S, config.drain.deadline_s),
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
@@ -135,6 +177,8 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
         await stop.wait()
     finally:
         log.info("stopping", extra={"fields": {}})
+        with contextlib.suppress(Exception):
+            await app[DRAINER_KEY].drain(runner)
         await runner.cleanup()
     return 0
 
@@ -158,6 +202,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a connection may take to send a request head (and idle)")
     p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
                    help="seconds to receive a whole body")
+    p.add_argument("--secret-store", metavar="DIR|s3://BUCKET/PREFIX",
+                   help="keep registered secrets (KMS ciphertexts) here; a restarted enclave "
+                   "gets them back before it takes traffic")
+    p.add_argument("--s3-endpoint-url", help="S3 endpoint for an s3:// secret store")
+    p.add_argument("--drain-grace", type=float, default=DrainLimits().grace_s,
+                   help="seconds /health fails before the proxy stops listening on SIGTERM")
+    p.add_argument("--drain-deadline", type=float, default=DrainLimits().deadline_s,
+                   help="seconds in-flight requests get to finish after that")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -186,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             body_timeout_s=args.body_timeout,
         ),
         pool=PoolLimits(size=args.pool_size),
+        secret_store=args.secret_store,
+        s3_endpoint_url=args.s3_endpoint_url,
+        drain=DrainLimits(grace_s=max(0.0, args.drain_grace),
+                          deadline_s=max(0.0, args.drain_deadline)),
     )
 
     async def run() -> int:
