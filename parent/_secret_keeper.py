@@ -29,6 +29,7 @@ log = logging.getLogger("parent.proxy")
 UNGATED_OPS = frozenset({"health", "describe", "seal-list"})
 SEAL_LOAD_OP = "seal-load"
 SEAL_DELETE_OP = "seal-delete"
+NO_SUCH_SECRET = "no-such-secret"
 RESTART_SLACK_S = 1.0  # the enclave's start time may move this much between probes (rounding)
 
 
@@ -41,6 +42,7 @@ class KeeperLimits:
     backoff_initial_s: float = 0.5  # a refused secret is retried after this, doubling ...
     backoff_max_s: float = 30.0  # ... up to this
     store_refresh_s: float = 5.0  # re-read the store (secrets registered through other nodes)
+    reread_min_s: float = 0.5  # an unknown secret name re-reads the store at most this often
 
 
 @dataclass
@@ -233,6 +235,17 @@ class SecretKeeper:
         status.loaded, status.error, status.attempts = True, None, 0
         log.info("secret-loaded", extra={"fields": {"name": record.name}})
 
+    async def refresh_knows(self, pool: EnclavePool, name: Any) -> bool:
+        """Re-read the store now and load what is missing; True if ``name`` is loaded then."""
+        if not isinstance(name, str) or name in self.records:
+            return False
+        if time.monotonic() - self._read_at < self.limits.reread_min_s:
+            return False  # unknown names cannot make the parent re-read the store at will
+        self._dirty = True
+        await self.gate(pool)
+        status = self.status.get(name)
+        return status is not None and status.loaded
+
     # ------------------------------------------------------------ what the API registers
 
     async def registered(self, body: Any) -> None:
@@ -267,9 +280,15 @@ class KeptPool(EnclavePool):
             try:
                 answer = await super().request(op, body, timeout=timeout, wait=wait)
             except RemoteError as exc:
-                if op == SEAL_DELETE_OP and exc.code == "no-such-secret" and isinstance(body, dict):
+                if exc.code != NO_SUCH_SECRET or not isinstance(body, dict):
+                    raise
+                if op == SEAL_DELETE_OP:
                     await keeper.deleted(body.get("name"))  # e.g. one that never loaded here
-                raise
+                    raise
+                # registered through another node of the fleet since the store was last read?
+                if not await keeper.refresh_knows(self, body.get("name")):
+                    raise
+                answer = await super().request(op, body, timeout=timeout, wait=wait)
         if keeper is not None and not control:
             if op == SEAL_LOAD_OP:
                 try:

@@ -401,7 +401,8 @@ class Stack:
             [
                 "-m", "parent", "proxy", "--enclave-cid", str(self.config.enclave_cid),
                 "--enclave-port", str(ENCLAVE_PORT), "--host", self.config.proxy_host,
-                "--port", str(port), *self.config.proxy_args,
+                "--port", str(port), "--secret-store", str(self.state / "parent" / "secrets"),
+                *self.config.proxy_args,
             ],
         )
         info = self._wait_until(child, self._ready_line(child), "proxy ready line")
@@ -469,6 +470,21 @@ class Stack:
         handle.children = [new if c is old else c for c in handle.children]
         return new
 
+    def respawn(self, old: Child) -> Child:
+        """Start ``old`` again with the same arguments (stopping what is left of it); the new
+        child takes its place (stop order, enclave handle). Does not wait for it to be ready."""
+        old.stop(self.limits.stop_timeout_s)
+        index = self.children.index(old)
+        new = self._spawn(old.name, old.spec["args"], env=old.spec["env"], cwd=old.spec["cwd"])
+        self.children.remove(new)
+        self.children[index] = new
+        for handle in self.enclaves.values():
+            handle.children = [new if c is old else c for c in handle.children]
+        return new
+
+    def enclave_listening(self, cid: int, port: int = ENCLAVE_PORT) -> bool:
+        return self._vsock_listening(cid, port)()
+
     def check_alive(self) -> Child | None:
         """The first child that has exited, if any."""
         return next((c for c in self.children if not c.alive()), None)
@@ -512,6 +528,11 @@ def _enclave_has_credentials(vsock_dir: Path, cid: int) -> bool:
         return False
 
 
+def _rewrite_info(stack: Stack) -> None:
+    """stack.json again, with the pids of restarted children."""
+    atomic_write(stack.state / STACK_FILE, (json.dumps(stack.describe(), indent=2) + "\n").encode())
+
+
 def _credential(c: Any) -> dict:
     return {
         "access_key_id": c.access_key_id,
@@ -549,6 +570,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--proxy-port", type=int, default=0)
     parser.add_argument("--kms-port", type=int, default=0)
     parser.add_argument("--debug-logs", action="store_true", help="log every enclave request")
+    fleet = parser.add_argument_group("local fleet (simulator.fleet)")
+    fleet.add_argument("--enclaves", type=int, metavar="N",
+                       help="run N parent+enclave nodes behind HAProxy (stack.json: lb_url, nodes)")
+    fleet.add_argument("--node-source", action="append", metavar="I=DIR",
+                       help="node I runs the enclave code in DIR (e.g. a changed build)")
+    fleet.add_argument("--secret-store", metavar="DIR|s3://BUCKET/PREFIX",
+                       help="the nodes' shared secret store (default STATE/secrets)")
+    fleet.add_argument("--s3-endpoint-url", help="S3 endpoint for an s3:// secret store")
     args = parser.parse_args(argv)
     config = StackConfig(
         state_dir=args.state,
@@ -559,7 +588,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         kms_port=args.kms_port,
         debug_logs=args.debug_logs,
     )
+    if args.enclaves is not None:
+        from .fleet import main_fleet
+
+        return main_fleet(args, config)
     stack = Stack(config, echo=lambda msg: print(msg, flush=True))
+    from ._supervisor import RestartPolicy, Supervisor
+
+    supervisor = Supervisor([stack], RestartPolicy(), echo=lambda m: print(m, flush=True),
+                            on_restart=lambda s, _c: _rewrite_info(s))
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         info = stack.start()
@@ -567,17 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"event": "ready", "stack": str(Path(args.state).absolute() / STACK_FILE),
                           "proxy_url": info["proxy_url"], "kms_url": info["kms_url"]}),
               flush=True)
-        while True:
-            dead = stack.check_alive()
-            if dead is not None:
-                tail = dead.log_tail(config.limits.log_tail_lines)
-                print(
-                    f"error: {dead.name} exited with code {dead.process.returncode}; stopping. "
-                    f"Last lines of {dead.log_path}:\n{tail}",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.2)
+        while True:  # what exits is started again, with backoff
+            supervisor.tick()
+            time.sleep(supervisor.policy.tick_s)
     except _Interrupted as exc:
         print(f"{exc}: stopping the stack", flush=True)
         return 0
