@@ -72,6 +72,7 @@ class SecretKeeper:
         self._pass: asyncio.Task | None = None
         self._loop_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._pool: EnclavePool | None = None
 
     # ------------------------------------------------------------ what health shows
 
@@ -85,7 +86,10 @@ class SecretKeeper:
 
     @property
     def ready(self) -> bool:
-        return self.store_error is None and self.loaded == self.total and not self._dirty
+        """Every registered secret is in the enclave, as of the latest connection to it."""
+        current = self._pool is not None and self._pool.connects == self._seen_connects
+        return (current and self.store_error is None and self.loaded == self.total
+                and not self._dirty)
 
     def report(self) -> dict[str, Any]:
         failed = [
@@ -103,6 +107,7 @@ class SecretKeeper:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, pool: EnclavePool) -> None:
+        self._pool = pool
         self._loop_task = asyncio.ensure_future(self._watch(pool))
 
     async def close(self) -> None:
