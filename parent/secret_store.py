@@ -116,7 +116,7 @@ class SecretRecord:
             ciphertext = base64.b64decode(str(obj.get("ciphertext")), validate=True)
         except (binascii.Error, ValueError):
             raise StoreError("bad-record", "a stored ciphertext is not base64") from None
-        record = cls(obj.get("name"), obj.get("kind"), ciphertext,
+        record = cls(obj.get("name"), obj.get("kind"), ciphertext,  # type: ignore[arg-type]
                      obj.get("encryption_context") or {})
         record.check(limits)
         return record

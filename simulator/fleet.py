@@ -88,7 +88,7 @@ class Fleet:
         self.lb_url = ""
         self.store = config.secret_store or str(self.state / "secrets")
         self.supervisor = Supervisor(
-            [], config.restart, echo=self.echo, on_restart=lambda _s, _c: self.write_info()
+            [], config.restart, echo=self.echo, on_restart=lambda _s, _c: self._rewrite()
         )
 
     def start(self) -> dict:
@@ -157,6 +157,9 @@ class Fleet:
         info = self.describe()
         atomic_write(self.state / STACK_FILE, (json.dumps(info, indent=2) + "\n").encode())
         return info
+
+    def _rewrite(self) -> None:
+        self.write_info()
 
     def tick(self) -> None:
         self.supervisor.tick()
