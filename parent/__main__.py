@@ -19,6 +19,7 @@ COMMANDS = {
     "credentials": ("parent.credentials", "push instance-role credentials to the enclave"),
     "deploy": ("parent.deploy", "deploy to EC2 (build, run, describe, terminate)"),
     "key-policy": ("parent.key_policy", "KMS key policy from enclave measurements"),
+    "enclave-watch": ("parent.enclave_watch", "restart the enclave when it stops (systemd)"),
 }
 
 
