@@ -157,7 +157,7 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
         handle_signals=False,
         keepalive_timeout=config.http.header_timeout_s,  # also bounds a slow request head
         lingering_time=config.http.lingering_s,
-        shutdown_timeout=max(SHUTDOWN_TIMEOUT_S, config.drain.deadline_s),
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)

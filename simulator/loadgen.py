@@ -128,3 +128,38 @@ async def run_load(base_url: str, *, secret_name: str, key: bytes, rate: float,
             await asyncio.wait(outstanding)
         result.elapsed_s = time.monotonic() - start
     return result
+
+
+async def run_closed(base_url: str, *, secret_name: str, key: bytes, concurrency: int,
+                     duration_s: float, limits: LoadLimits | None = None) -> LoadResult:
+    """As many requests as ``concurrency`` clients can send back to back (no retries): the
+    capacity of what is behind ``base_url``."""
+    lim = limits or LoadLimits()
+    result = LoadResult()
+    url = base_url.rstrip("/") + "/v1/hmac"
+    connector = aiohttp.TCPConnector(force_close=True, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.monotonic()
+
+        async def worker() -> None:
+            while time.monotonic() - start < duration_s:
+                message = os.urandom(lim.message_bytes)
+                body = {"name": secret_name, "message": base64.b64encode(message).decode()}
+                expected = base64.b64encode(hmac.new(key, message, hashlib.sha256).digest())
+                t0 = time.perf_counter()
+                result.sent += 1
+                answered, right, error = await _attempt(session, url, body, expected.decode(),
+                                                        lim.request_timeout_s)
+                if not answered:
+                    result.failed += 1
+                    if len(result.first_errors) < 20:
+                        result.first_errors.append(error)
+                elif not right:
+                    result.wrong += 1
+                else:
+                    result.ok += 1
+                    result.latencies_s.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed_s = time.monotonic() - start
+    return result
