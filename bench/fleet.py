@@ -121,13 +121,17 @@ def throughput(state: Path, nodes: int, seconds: float, concurrency: int) -> dic
             targets.insert(0, ("direct", info["nodes"][0]["proxy_url"]))
         for label, url in targets:
             pids = _node_pids(info)
-            cpu0, t0 = _cpu_s(pids), time.monotonic()
+            lb = [info["pids"]["haproxy"]]
+            cpu0, lb0, me0, t0 = _cpu_s(pids), _cpu_s(lb), time.process_time(), time.monotonic()
             result = asyncio.run(run_closed(url, secret_name=SECRET, key=KEY,
                                             concurrency=concurrency, duration_s=seconds))
-            cpu = _cpu_s(pids) - cpu0
+            wall = time.monotonic() - t0
+            cpu, lb_cpu, me = _cpu_s(pids) - cpu0, _cpu_s(lb) - lb0, time.process_time() - me0
             rows[label] = {**result.summary(), "node_cpu_ms_per_req":
                            round(1e3 * cpu / max(1, result.ok), 2),
-                           "node_cpu_cores": round(cpu / (time.monotonic() - t0), 2)}
+                           "node_cpu_cores": round(cpu / wall, 2),
+                           "lb_cpu_cores": round(lb_cpu / wall, 2),
+                           "client_cpu_cores": round(me / wall, 2)}
         return rows
 
 
@@ -198,8 +202,9 @@ def main() -> int:
 def _table(out: dict, args: Any) -> None:
     print(f"\ncpus {out['cpus']}, load average at start {out['load_avg']:.1f}; "
           f"{args.concurrency} clients, {args.seconds:g} s each\n")
-    print("| target | ok req/s | vs direct | p50 ms | p99 ms | node CPU ms/req | failed |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| target | ok req/s | vs direct | p50 ms | p99 ms | node CPU ms/req | node cores "
+          "| LB cores | client cores | failed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = out.get("nodes_1", {}).get("direct", {}).get("ok_per_s") or 0
     for key in sorted(k for k in out if k.startswith("nodes_")):
         for label, row in out[key].items():
@@ -207,7 +212,9 @@ def _table(out: dict, args: Any) -> None:
                 f"LB, {key.split('_')[1]} node(s)"
             ratio = f"{row['ok_per_s'] / base:.2f}x" if base else "-"
             print(f"| {name} | {row['ok_per_s']} | {ratio} | {row['p50_ms']} | {row['p99_ms']} "
-                  f"| {row['node_cpu_ms_per_req']} | {row['failed']} |")
+                  f"| {row['node_cpu_ms_per_req']} | {row['node_cpu_cores']} "
+                  f"| {row.get('lb_cpu_cores', '-')} | {row.get('client_cpu_cores', '-')} "
+                  f"| {row['failed']} |")
     if "kill" in out:
         k = out["kill"]
         rec = k["recoveries_s"]

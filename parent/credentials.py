@@ -192,8 +192,10 @@ class CredentialSender:
         base = min(lim.backoff_max_s, lim.backoff_initial_s * 2 ** (attempt - 1))
         return base * random.uniform(0.8, 1.2)
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Push forever (until `stop` is set), retrying failures with backoff."""
+    async def run(self, stop: asyncio.Event | None = None,
+                  wake: asyncio.Event | None = None) -> None:
+        """Push forever (until `stop` is set), retrying failures with backoff; setting
+        `wake` (SIGHUP: the enclave restarted) pushes at once. Set both to stop."""
         stop = stop or asyncio.Event()
         attempt = 0
         while not stop.is_set():
@@ -208,7 +210,9 @@ class CredentialSender:
                 attempt = 0
                 delay = self.next_delay(expiration)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                await asyncio.wait_for((wake or stop).wait(), delay)
+            if wake is not None:
+                wake.clear()
 
     async def push_until(self, deadline_s: float) -> datetime | None:
         """Push once, retrying with backoff for at most `deadline_s` seconds."""
@@ -280,11 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run_until_signal(sender: CredentialSender) -> int:
-    stop = asyncio.Event()
+    stop, wake = asyncio.Event(), asyncio.Event()
+
+    def stopping() -> None:
+        stop.set()
+        wake.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await sender.run(stop)
+        loop.add_signal_handler(sig, stopping)
+    loop.add_signal_handler(signal.SIGHUP, wake.set)  # push now (a restarted enclave)
+    await sender.run(stop, wake)
     return 0
 
 

@@ -3,12 +3,15 @@
 Each ``tick`` looks at every child of every stack. One that exited is started again with the
 same arguments after ``backoff_initial_s``, doubling per quick failure up to ``backoff_max_s``;
 a child that ran ``stable_after_s`` starts again from the initial delay. When an enclave app
-comes back, its credential hand-off is restarted as soon as the enclave listens, so the new
+comes back, its credential hand-off gets SIGHUP as soon as the enclave listens, so the new
 enclave gets credentials at once instead of at the next periodic push.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,10 +91,9 @@ class Supervisor:
                 continue
             name = f"{p.enclave}-credentials"
             creds = next((c for c in p.stack.children if c.name == name), None)
-            if creds is not None:
-                new = p.stack.respawn(creds)
-                self._tracks[(id(p.stack), name)] = _Track(time.monotonic())
-                self.on_restart(p.stack, new)
+            if creds is not None and creds.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(creds.pid, signal.SIGHUP)  # push now, not at the next interval
         self._pending = keep
 
 
