@@ -12,8 +12,9 @@ spread by an NLB). Compared in the same run:
 
 * the LB with 1, 2, 3 nodes, against one node's proxy addressed directly (no LB) — the ratio
   is what the LB costs and what more nodes add; on a 2-core machine the nodes share the same
-  two cores, so scaling stops early: the CPU seconds per request (all of a node's processes,
-  from /proc) is the figure to extrapolate to more cores;
+  two cores, so scaling stops early: the CPU seconds per request (all of the nodes'
+  processes, from /proc, minus their idle use measured just before) is the figure to
+  extrapolate to more cores;
 * kill: under ``--rate`` req/s through the LB, one enclave is SIGKILLed ``--kills`` times;
   the time until that node's own proxy serves the sealed secret again, and the requests that
   failed after the client's single retry (target: 0).
@@ -49,6 +50,7 @@ from simulator.stack import StackConfig  # noqa: E402
 SECRET = "bench-key"
 KEY = os.urandom(32)
 TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_S = 3.0  # idle CPU of the nodes, measured before each load and subtracted
 
 
 def _kms(info: dict, who: str) -> Any:
@@ -122,13 +124,18 @@ def throughput(state: Path, nodes: int, seconds: float, concurrency: int) -> dic
         for label, url in targets:
             pids = _node_pids(info)
             lb = [info["pids"]["haproxy"]]
+            idle0 = _cpu_s(pids)
+            time.sleep(IDLE_S)  # the nodes' own background work (health checks, probes)
+            idle_cores = (_cpu_s(pids) - idle0) / IDLE_S
             cpu0, lb0, me0, t0 = _cpu_s(pids), _cpu_s(lb), time.process_time(), time.monotonic()
             result = asyncio.run(run_closed(url, secret_name=SECRET, key=KEY,
                                             concurrency=concurrency, duration_s=seconds))
             wall = time.monotonic() - t0
             cpu, lb_cpu, me = _cpu_s(pids) - cpu0, _cpu_s(lb) - lb0, time.process_time() - me0
+            busy = max(0.0, cpu - idle_cores * wall)
             rows[label] = {**result.summary(), "node_cpu_ms_per_req":
-                           round(1e3 * cpu / max(1, result.ok), 2),
+                           round(1e3 * busy / max(1, result.ok), 2),
+                           "node_idle_cores": round(idle_cores, 3),
                            "node_cpu_cores": round(cpu / wall, 2),
                            "lb_cpu_cores": round(lb_cpu / wall, 2),
                            "client_cpu_cores": round(me / wall, 2)}

@@ -146,6 +146,20 @@ def test_metrics_parse_and_counters_move(fleet: Launched) -> None:
     assert SECRET not in raw and "x0" not in raw
 
 
+def test_a_secret_registered_on_one_node_is_served_by_another_at_once(fleet: Launched) -> None:
+    info = fleet.info
+    key = bytes(range(100, 132))
+    status, answer = post(info["nodes"][0]["proxy_url"] + "/v1/seal-load",
+                          seal_body(info, create_key(info), "late-key", key))
+    assert status == 200, answer
+    # node 1 has not re-read the shared store yet: the unknown name makes it look, once
+    status, answer = hmac_request(info["nodes"][1]["proxy_url"], "late-key", b"now")
+    assert status == 200, answer
+    assert answer["mac"] == mac_of(key, b"now")
+    status, answer = hmac_request(info["nodes"][1]["proxy_url"], "never-registered", b"x")
+    assert status == 404 and answer["error"]["code"] == "no-such-secret"
+
+
 def test_steady_load_survives_an_enclave_kill_and_a_proxy_drain(fleet: Launched) -> None:
     info = fleet.read()
     victim_enclave = info["nodes"][0]["pids"]["enclave"]
