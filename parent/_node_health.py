@@ -16,6 +16,7 @@ from ._drain import Drainer
 from ._proxy_http import REQUEST_ID_HEADER, RID_KEY
 from ._secret_keeper import SecretKeeper
 
+SETTLE_S = 1.0  # /health waits this long for a load pass that is due (the LB's check timeout)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -33,6 +34,8 @@ def node_health(inner: Handler, keeper: SecretKeeper | None, drainer: Drainer) -
             return response
         status = response.status
         if keeper is not None:
+            if status == 200:
+                await keeper.settle(SETTLE_S)
             out.update(keeper.report())
             if status == 200 and not keeper.ready:
                 status = 503

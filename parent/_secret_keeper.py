@@ -162,6 +162,15 @@ class SecretKeeper:
             return self._pass
         return None
 
+    async def settle(self, timeout: float) -> None:
+        """Run a due load pass now and wait for it at most ``timeout`` (for /health)."""
+        if self._pool is None or self.ready:
+            return
+        task = self.kick(self._pool)
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+
     async def gate(self, pool: EnclavePool) -> None:
         """Hold an application request while a load pass is due or running (bounded)."""
         if pool.connects == self._seen_connects and not self._dirty:
