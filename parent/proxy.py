@@ -17,6 +17,10 @@ restarts; in-flight requests are bounded (503 ``proxy-busy`` beyond), bodies are
 every enclave round trip has a deadline (504). Logs are JSON lines with request ids, codes and
 timings — never bodies. Errors are ``{"error": {"code", "message"}, "request_id"}``.
 In simulation the same code runs with ``NITRO_VSOCK_SIM_DIR`` set.
+
+With ``--secret-store DIR|s3://BUCKET/PREFIX`` registered secrets survive enclave restarts
+(``parent._secret_keeper``); ``GET /metrics`` serves Prometheus metrics (``parent.metrics``);
+SIGTERM drains (``parent._drain``): health fails first, in-flight requests finish.
 """
 
 from __future__ import annotations
