@@ -149,6 +149,7 @@ class Fleet:
             module_id=first.module_id if first else None,
             enclave_source=str(first.source) if first else None,
             vsock_dir=None,
+            kms_relay_metrics_url=None,
             nodes=[_node_info(n) for n in self.nodes],
         )
         return info
@@ -186,6 +187,7 @@ def _node_info(node: NodeStack) -> dict[str, Any]:
     return {
         "name": node.label,
         "proxy_url": node.proxy_url,
+        "kms_relay_metrics_url": node.kms_relay_metrics_url,
         "enclave_cid": handle.cid if handle else None,
         "pcrs": handle.pcrs if handle else {},
         "vsock_dir": str(node.vsock_dir),

@@ -171,6 +171,7 @@ class Stack:
         self.enclaves: dict[str, EnclaveHandle] = {}
         self.kms_url = ""
         self.proxy_url = ""
+        self.kms_relay_metrics_url = ""
         self._echo = echo or (lambda _msg: None)
 
     # ------------------------------------------------------------ environment
@@ -312,11 +313,13 @@ class Stack:
         port = int(self.kms_url.rsplit(":", 1)[1])
         allowlist = self.run_dir / "kms-allowlist.yaml"
         allowlist.write_text(f"allowlist:\n- {{address: 127.0.0.1, port: {port}}}\n")
+        metrics_port = free_port()
+        self.kms_relay_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         child = self._spawn(
             "kms-relay",
             [
                 "-m", "parent", "kms-relay", str(KMS_RELAY_PORT), "127.0.0.1", str(port),
-                "--config", str(allowlist),
+                "--config", str(allowlist), "--metrics-port", str(metrics_port),
             ],
         )
         self._wait_until(child, self._vsock_listening(3, KMS_RELAY_PORT), "relay socket")
@@ -440,6 +443,7 @@ class Stack:
             "enclave_cid": self.config.enclave_cid,
             "enclave_port": ENCLAVE_PORT,
             "kms_relay_port": KMS_RELAY_PORT,
+            "kms_relay_metrics_url": self.kms_relay_metrics_url,
             "enclave_source": str(main_enclave.source) if main_enclave else None,
             "module_id": main_enclave.module_id if main_enclave else None,
             "pcrs": main_enclave.pcrs if main_enclave else {},
