@@ -1,6 +1,7 @@
 """``python -m parent kms-relay ... --metrics-port P``: the relay's Prometheus metrics.
 
-Connections (open, accepted, refused at the cap, failed to connect) and bytes each way —
+Connections (open, accepted, refused at the cap, failed to connect) and bytes each way,
+added when a connection closes (a kept-alive KMS connection shows its bytes at its end) —
 TLS ciphertext counts only; the relay never sees plaintext and logs no bytes.
 """
 
@@ -31,7 +32,8 @@ class _RelayCollector(Collector):
         yield CounterMetricFamily("nitro_kms_relay_connections_failed",
                                   "Connections whose remote could not be reached",
                                   value=c["failed"])
-        relayed = CounterMetricFamily("nitro_kms_relay_bytes", "Bytes relayed",
+        relayed = CounterMetricFamily("nitro_kms_relay_bytes",
+                                      "Bytes relayed, counted when a connection closes",
                                       labels=["direction"])
         relayed.add_metric(["to_remote"], c.get("bytes_to_remote", 0))
         relayed.add_metric(["from_remote"], c.get("bytes_from_remote", 0))
