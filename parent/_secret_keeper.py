@@ -30,7 +30,11 @@ UNGATED_OPS = frozenset({"health", "describe", "seal-list"})
 SEAL_LOAD_OP = "seal-load"
 SEAL_DELETE_OP = "seal-delete"
 NO_SUCH_SECRET = "no-such-secret"
+GATE_RETRY_S = 0.05  # a held request looks again this often (e.g. credentials not there yet)
 RESTART_SLACK_S = 1.0  # the enclave's start time may move this much between probes (rounding)
+# seal-load failures that say "not now" rather than "no": retried at the next check
+TRANSIENT_CODES = frozenset({"credentials-unavailable", "enclave-unavailable", "busy",
+                             "timeout", "deadline-exceeded", "connection-lost"})
 
 
 @dataclass(frozen=True)
@@ -172,13 +176,20 @@ class SecretKeeper:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
 
     async def gate(self, pool: EnclavePool) -> None:
-        """Hold an application request while a load pass is due or running (bounded)."""
-        if pool.connects == self._seen_connects and not self._dirty:
-            return
-        task = self.kick(pool)
-        if task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), self.limits.gate_timeout_s)
+        """Hold an application request until a load pass has completed for the enclave now
+        connected (it may first wait for the enclave's credentials); bounded by
+        ``gate_timeout_s``, after which the request goes on as it is."""
+        end = time.monotonic() + self.limits.gate_timeout_s
+        while pool.connects != self._seen_connects or self._dirty:
+            left = end - time.monotonic()
+            if left <= 0 or not pool.up:
+                return
+            task = self.kick(pool)
+            if task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), left)
+            if pool.connects != self._seen_connects or self._dirty:
+                await asyncio.sleep(min(GATE_RETRY_S, max(0.0, end - time.monotonic())))
 
     async def _run_pass(self, pool: EnclavePool) -> None:
         async with self._lock:
@@ -190,6 +201,8 @@ class SecretKeeper:
                 except StoreError as exc:
                     self.store_error = {"code": exc.code, "message": exc.message}
                     log.error("secret-store-failed", extra={"fields": {"code": exc.code}})
+                    # requests go on (health says 503); the store is read again after refresh
+                    self._read_at, self._seen_connects, self._dirty = now, connects, False
                     return
                 self.store_error = None
                 self.records = {r.name: r for r in records}
@@ -218,23 +231,32 @@ class SecretKeeper:
                 else:
                     status.loaded = False
                     missing.append(name)
-            if missing and not self.credentials:
-                await self._probe(pool)
+            if missing:
+                await self._probe(pool)  # this enclave's credentials, not the last one's
                 if not self.credentials:
                     return  # no KMS access yet: not a failure of the secrets, check again soon
             now = time.monotonic()
+            settled = True
             for name in missing:
                 status = self.status[name]
                 if status.error is not None and status.retry_at > now and not self._dirty:
                     continue
-                await self._load(pool, self.records[name], status)
-            self._seen_connects, self._dirty = connects, False
+                settled = await self._load(pool, self.records[name], status) and settled
+            if settled:  # else still dirty: requests stay held, the next check tries again
+                self._seen_connects, self._dirty = connects, False
 
-    async def _load(self, pool: EnclavePool, record: SecretRecord, status: SecretStatus) -> None:
+    async def _load(self, pool: EnclavePool, record: SecretRecord, status: SecretStatus) -> bool:
+        """One seal-load; False when it failed for a passing reason (no credentials yet, the
+        connection broke): the pass is then not over."""
         try:
             await pool.request(SEAL_LOAD_OP, record.seal_load_body(),
                                timeout=self.limits.load_timeout_s, control=True)
         except (RemoteError, EnclaveUnavailable, TimeoutError) as exc:
+            code = getattr(exc, "code", "enclave-timeout")
+            if code in TRANSIENT_CODES or isinstance(exc, EnclaveUnavailable | TimeoutError):
+                log.info("secret-load-deferred", extra={"fields": {"name": record.name,
+                                                                   "code": code}})
+                return False
             status.attempts += 1
             delay = min(self.limits.backoff_max_s,
                         self.limits.backoff_initial_s * 2 ** (status.attempts - 1))
@@ -245,9 +267,10 @@ class SecretKeeper:
             }
             log.warning("secret-load-failed", extra={"fields": {
                 "name": record.name, "code": status.error["code"], "retry_in_s": delay}})
-            return
+            return True
         status.loaded, status.error, status.attempts = True, None, 0
         log.info("secret-loaded", extra={"fields": {"name": record.name}})
+        return True
 
     async def refresh_knows(self, pool: EnclavePool, name: Any) -> bool:
         """Re-read the store now and load what is missing; True if ``name`` is loaded then."""
