@@ -186,7 +186,7 @@ def test_steady_load_survives_an_enclave_kill_and_a_proxy_drain(fleet: Launched)
                                       duration_s=DURATION_S))
         chaos.result()
     print("load:", result.summary(), "first errors:", result.first_errors[:10])
-    assert result.sent >= RATE * DURATION_S * 0.9
+    assert result.sent >= RATE * DURATION_S * 0.8  # the client itself kept (about) the pace
     assert result.shed == 0
     assert result.wrong == 0
     assert result.failed == 0, result.first_errors
