@@ -93,6 +93,8 @@ class Started:
     """Stops listening and releases resources (bounded by CLOSE_TIMEOUT_S)."""
     run: Callable[[asyncio.Event], Awaitable[Any]] | None = None
     """Work to do until the event is set (default: wait for the event)."""
+    close_timeout_s: float = CLOSE_TIMEOUT_S
+    """How long ``close()`` may take (a draining proxy needs its drain deadline and more)."""
 
 
 async def serve_until_signal(
@@ -119,9 +121,9 @@ async def serve_until_signal(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
         try:
-            await asyncio.wait_for(started.close(), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(started.close(), started.close_timeout_s)
         except TimeoutError:
-            log.warning("close-timeout", extra={"fields": {"after_s": CLOSE_TIMEOUT_S}})
+            log.warning("close-timeout", extra={"fields": {"after_s": started.close_timeout_s}})
     return EXIT_OK
 
 

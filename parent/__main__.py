@@ -22,6 +22,7 @@ COMMANDS = {
     "key-policy": ("parent.key_policy", "KMS key policy from enclave measurements"),
     "eif": ("parent.eif.cli", "build a reproducible (signed) EIF without nitro-cli"),
     "fleet": ("parent.fleet.cli", "CloudFormation fleet: template, deploy, rollout, teardown"),
+    "enclave-watch": ("parent.enclave_watch", "restart the enclave when it stops (systemd)"),
 }
 
 

@@ -101,6 +101,11 @@ class EnclavePool:
     def connected(self) -> int:
         return sum(1 for s in self._slots if s.usable())
 
+    @property
+    def up(self) -> bool:
+        """At least one connection to the enclave is usable."""
+        return self.connected > 0
+
     async def start(self) -> None:
         self._tasks = [
             asyncio.ensure_future(self._supervise(s)) for s in (*self._slots, self._control)

@@ -21,6 +21,7 @@ UNITS = (
     "nitro-toolkit-kms-relay.service",
     "nitro-toolkit-credentials.service",
     "nitro-toolkit-proxy.service",
+    "nitro-toolkit-enclave-watch.service",
 )
 PROXY_HOSTS = ("127.0.0.1", "0.0.0.0")  # loopback only, or reachable (security group decides)
 

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -215,8 +216,10 @@ class CredentialSender:
             attempt, self.limits.backoff_initial_s, self.limits.backoff_max_s, jitter=BACKOFF_JITTER
         )
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Push forever (until `stop` is set), retrying failures with backoff."""
+    async def run(self, stop: asyncio.Event | None = None,
+                  wake: asyncio.Event | None = None) -> None:
+        """Push forever (until `stop` is set), retrying failures with backoff; setting
+        `wake` (SIGHUP: the enclave restarted) pushes at once. Set both to stop."""
         stop = stop or asyncio.Event()
         attempt = 0
         while not stop.is_set():
@@ -231,7 +234,9 @@ class CredentialSender:
                 attempt = 0
                 delay = self.next_delay(expiration)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                await asyncio.wait_for((wake or stop).wait(), delay)
+            if wake is not None:
+                wake.clear()
 
     async def push_until(self, deadline_s: float) -> datetime | None:
         """Push once, retrying with backoff for at most `deadline_s` seconds."""
@@ -300,8 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
 
+    async def run(stop: asyncio.Event) -> None:
+        wake = asyncio.Event()  # SIGHUP: the enclave restarted, push now
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, wake.set)
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: wake.set())
+        try:
+            await sender.run(stop, wake)
+        finally:
+            stopping.cancel()
+
     async def start() -> Started:
-        return Started(run=sender.run)
+        return Started(run=run)
 
     return run_service(start)
 

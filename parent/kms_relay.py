@@ -153,6 +153,8 @@ class KmsRelay:
         self.total = 0
         self.refused = 0
         self.failed = 0
+        self.bytes_to_remote = 0
+        self.bytes_from_remote = 0
 
     async def start(self) -> None:
         """Bind and start accepting (raises TransportError when it cannot listen)."""
@@ -202,10 +204,12 @@ class KmsRelay:
             reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
             log.warning("cannot connect to %s:%d: %s", dest.host, dest.port, reason)
             return
-        await relay(  # owns both connections from here and closes them
+        stats = await relay(  # owns both connections from here and closes them
             reader, writer, up_reader, up_writer,
             idle_timeout=self.limits.idle_timeout_s, chunk_size=self.limits.chunk_bytes,
         )
+        self.bytes_to_remote += stats.a_to_b
+        self.bytes_from_remote += stats.b_to_a
 
     async def log_stats_forever(self) -> None:
         last: dict[str, int] = {}
@@ -250,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dns-refresh", type=float, default=d.dns_refresh_s,
                    help=f"re-resolve the remote after this long (default {d.dns_refresh_s:g} s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus GET /metrics on 127.0.0.1:PORT (connections, bytes)")
     p.add_argument("local_port", type=int, help="vsock port to listen on (e.g. 8000)")
     p.add_argument("remote_host", help="host to forward to (must be on the allowlist)")
     p.add_argument("remote_port", type=int, help="TCP port to forward to (e.g. 443)")
@@ -296,6 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.remote_host, args.remote_port,
         listen=VsockAddress(args.listen_cid, args.local_port), family=family, limits=limits,
     )
+    if args.metrics_port is not None:
+        from ._relay_metrics import serve_relay_metrics
+
+        def read() -> dict[str, int]:
+            return {**relay.counts(), "bytes_to_remote": relay.bytes_to_remote,
+                    "bytes_from_remote": relay.bytes_from_remote}
+
+        try:
+            serve_relay_metrics(read, "127.0.0.1", args.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on 127.0.0.1:%d: %s", args.metrics_port, exc)
+            return EXIT_LISTEN
     return run_service(lambda: _start(relay))
 
 

@@ -17,6 +17,10 @@ restarts; in-flight requests are bounded (503 ``proxy-busy`` beyond), bodies are
 every enclave round trip has a deadline (504). Logs are JSON lines with request ids, codes and
 timings — never bodies. Errors are ``{"error": {"code", "message"}, "request_id"}``.
 In simulation the same code runs with ``NITRO_VSOCK_SIM_DIR`` set.
+
+With ``--secret-store DIR|s3://BUCKET/PREFIX`` registered secrets survive enclave restarts
+(``parent._secret_keeper``); ``GET /metrics`` serves Prometheus metrics (``parent.metrics``);
+SIGTERM drains (``parent._drain``): health fails first, in-flight requests finish.
 """
 
 from __future__ import annotations
@@ -37,9 +41,14 @@ from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, run_service, serve
 from enclave.transport import TransportError, VsockAddress
 from enclave.wire import APP_PORT
 
+from ._drain import Drainer, DrainLimits
+from ._node_health import node_health
 from ._proxy_conns import ConnectionGate, ConnectionLimits
 from ._proxy_http import HttpLimits, ProxyHandlers, request_context
 from ._proxy_pool import EnclavePool, EnclaveUnavailable, PoolLimits
+from ._secret_keeper import KeeperLimits, KeptPool, SecretKeeper
+from .metrics import METRICS_PATH, ProxyMetrics
+from .secret_store import StoreError, open_store
 
 __all__ = [
     "DEFAULT_ENCLAVE_PORT",
@@ -71,29 +80,46 @@ class ProxyConfig:
     http: HttpLimits = field(default_factory=HttpLimits)
     pool: PoolLimits = field(default_factory=PoolLimits)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    secret_store: str | None = None  # directory or s3://bucket/prefix (parent.secret_store)
+    s3_endpoint_url: str | None = None
+    keeper: KeeperLimits = field(default_factory=KeeperLimits)
+    drain: DrainLimits = field(default_factory=DrainLimits)
 
 
 POOL_KEY = web.AppKey("pool", EnclavePool)
 HANDLERS_KEY = web.AppKey("handlers", ProxyHandlers)
+DRAINER_KEY = web.AppKey("drainer", Drainer)
 
 
 def build_app(config: ProxyConfig) -> web.Application:
     """The aiohttp application (the pool starts and stops with it)."""
-    app = web.Application(
-        middlewares=[request_context], client_max_size=config.http.max_body_bytes
-    )
+    drainer = Drainer(config.drain)
+    keeper = None
+    if config.secret_store:
+        keeper = SecretKeeper(
+            open_store(config.secret_store, endpoint_url=config.s3_endpoint_url), config.keeper
+        )
     handlers_box: dict[str, ProxyHandlers] = {}
+    metrics = ProxyMetrics(lambda: _node_state(pool, keeper, drainer),
+                           lambda: handlers_box["h"].routes)
+    app = web.Application(
+        middlewares=[metrics.middleware, drainer.middleware, request_context],
+        client_max_size=config.http.max_body_bytes,
+    )
 
     async def on_connect(_pool: EnclavePool) -> None:
         with contextlib.suppress(Exception):
             await handlers_box["h"].refresh_routes()
 
-    pool = EnclavePool(config.enclave, limits=config.pool, on_connect=on_connect)
+    pool = KeptPool(config.enclave, limits=config.pool, on_connect=on_connect)
+    pool.keeper = keeper
     handlers = ProxyHandlers(pool, config.http)
     handlers_box["h"] = handlers
     app[POOL_KEY] = pool
     app[HANDLERS_KEY] = handlers
-    app.router.add_get("/health", handlers.health)
+    app[DRAINER_KEY] = drainer
+    app.router.add_get("/health", node_health(handlers.health, keeper, drainer))
+    app.router.add_get(METRICS_PATH, metrics.handler)
     app.router.add_post("/attestation", handlers.attestation)
     app.router.add_post("/e2e", handlers.e2e)
     app.router.add_get("/v1", handlers.list_routes)
@@ -101,7 +127,11 @@ def build_app(config: ProxyConfig) -> web.Application:
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await pool.start()
+        if keeper is not None:
+            await keeper.start(pool)
         yield
+        if keeper is not None:
+            await keeper.close()
         await pool.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -129,14 +159,30 @@ class CappedTCPSite(web.TCPSite):
         )
 
 
+def _node_state(pool: EnclavePool, keeper: SecretKeeper | None, drainer: Drainer) -> dict:
+    return {
+        "enclave_up": keeper.enclave_up if keeper is not None else pool.up,
+        "enclave_restarts": keeper.enclave_restarts if keeper is not None else 0,
+        "enclave_connections": pool.connected,
+        "enclave_connects": pool.connects,
+        "secrets_registered": keeper.total if keeper is not None else 0,
+        "secrets_loaded": keeper.loaded if keeper is not None else 0,
+        "draining": drainer.draining,
+    }
+
+
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event) -> int:
-    """Serve until ``stop`` (or SIGTERM/SIGINT); prints one JSON ``ready`` line with the URL."""
+    """Serve until ``stop`` (or SIGTERM/SIGINT), then drain; prints one JSON ``ready`` line."""
     return await serve_until_signal(lambda: start_proxy(config), stop=stop)
 
 
 async def start_proxy(config: ProxyConfig) -> Started | int:
-    """Listen; the started service (ready line: url, enclave), or EXIT_LISTEN."""
-    app = build_app(config)
+    """Listen; the started service (ready line: url, enclave), or EXIT_LISTEN / EXIT_USAGE."""
+    try:
+        app = build_app(config)
+    except StoreError as exc:
+        print(f"proxy: secret store: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -165,10 +211,13 @@ async def start_proxy(config: ProxyConfig) -> Started | int:
 
     async def close() -> None:
         log.info("stopping", extra={"fields": {}})
+        with contextlib.suppress(Exception):
+            await app[DRAINER_KEY].drain(runner)
         await runner.cleanup()
 
     ready = {"url": url, "enclave": [config.enclave.cid, config.enclave.port]}
-    return Started(ready=ready, close=close)
+    drain = config.drain.grace_s + config.drain.deadline_s
+    return Started(ready=ready, close=close, close_timeout_s=drain + SHUTDOWN_TIMEOUT_S + 5.0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,6 +244,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a connection may take to send a request head (and idle)")
     p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
                    help="seconds to receive a whole body")
+    p.add_argument("--secret-store", metavar="DIR|s3://BUCKET/PREFIX",
+                   help="keep registered secrets (KMS ciphertexts) here; a restarted enclave "
+                   "gets them back before it takes traffic")
+    p.add_argument("--s3-endpoint-url", help="S3 endpoint for an s3:// secret store")
+    p.add_argument("--drain-grace", type=float, default=DrainLimits().grace_s,
+                   help="seconds /health fails before the proxy stops listening on SIGTERM")
+    p.add_argument("--drain-deadline", type=float, default=DrainLimits().deadline_s,
+                   help="seconds in-flight requests get to finish after that")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -228,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         connections=ConnectionLimits(
             max_connections=args.max_connections, max_per_peer=args.max_connections_per_peer
         ),
+        secret_store=args.secret_store,
+        s3_endpoint_url=args.s3_endpoint_url,
+        drain=DrainLimits(grace_s=max(0.0, args.drain_grace),
+                          deadline_s=max(0.0, args.drain_deadline)),
     )
 
     return run_service(lambda: start_proxy(config))

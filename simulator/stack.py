@@ -188,6 +188,7 @@ class Stack:
         self.kms_url = ""
         self.proxy_url = ""
         self.ingress_url = ""
+        self.kms_relay_metrics_url = ""
         self._echo = echo or (lambda _msg: None)
 
     # ------------------------------------------------------------ environment
@@ -347,11 +348,13 @@ class Stack:
         port = int(self.kms_url.rsplit(":", 1)[1])
         allowlist = self.run_dir / "kms-allowlist.yaml"
         allowlist.write_text(f"allowlist:\n- {{address: 127.0.0.1, port: {port}}}\n")
+        metrics_port = free_port()
+        self.kms_relay_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         child = self._spawn(
             "kms-relay",
             [
                 "-m", "parent", "kms-relay", str(KMS_RELAY_PORT), "127.0.0.1", str(port),
-                "--config", str(allowlist),
+                "--config", str(allowlist), "--metrics-port", str(metrics_port),
             ],
         )
         self._wait_until(child, self._vsock_listening(3, KMS_RELAY_PORT), "relay socket")
@@ -456,7 +459,8 @@ class Stack:
             [
                 "-m", "parent", "proxy", "--enclave-cid", str(self.config.enclave_cid),
                 "--enclave-port", str(ENCLAVE_PORT), "--host", self.config.proxy_host,
-                "--port", str(port), *self.config.proxy_args,
+                "--port", str(port), "--secret-store", str(self.state / "parent" / "secrets"),
+                *self.config.proxy_args,
             ],
         )
         info = self._wait_until(child, self._ready_line(child), "proxy ready line")
@@ -514,6 +518,7 @@ class Stack:
             "enclave_cid": self.config.enclave_cid,
             "enclave_port": ENCLAVE_PORT,
             "kms_relay_port": KMS_RELAY_PORT,
+            "kms_relay_metrics_url": self.kms_relay_metrics_url,
             "enclave_source": str(main_enclave.source) if main_enclave else None,
             "module_id": main_enclave.module_id if main_enclave else None,
             "pcrs": main_enclave.pcrs if main_enclave else {},
@@ -543,6 +548,21 @@ class Stack:
         self._wait_until(new, self._vsock_listening(handle.cid, ENCLAVE_PORT), "enclave socket")
         handle.children = [new if c is old else c for c in handle.children]
         return new
+
+    def respawn(self, old: Child) -> Child:
+        """Start ``old`` again with the same arguments (stopping what is left of it); the new
+        child takes its place (stop order, enclave handle). Does not wait for it to be ready."""
+        old.stop(self.limits.stop_timeout_s)
+        index = self.children.index(old)
+        new = self._spawn(old.name, old.spec["args"], env=old.spec["env"], cwd=old.spec["cwd"])
+        self.children.remove(new)
+        self.children[index] = new
+        for handle in self.enclaves.values():
+            handle.children = [new if c is old else c for c in handle.children]
+        return new
+
+    def enclave_listening(self, cid: int, port: int = ENCLAVE_PORT) -> bool:
+        return self._vsock_listening(cid, port)()
 
     def check_alive(self) -> Child | None:
         """The first child that has exited, if any."""
@@ -587,6 +607,11 @@ def _enclave_has_credentials(vsock_dir: Path, cid: int) -> bool:
         return False
 
 
+def _rewrite_info(stack: Stack) -> None:
+    """stack.json again, with the pids of restarted children."""
+    atomic_write(stack.state / STACK_FILE, (json.dumps(stack.describe(), indent=2) + "\n").encode())
+
+
 def _credential(c: Any) -> dict:
     return {
         "access_key_id": c.access_key_id,
@@ -627,6 +652,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--asgi", metavar="MODULE:ATTR",
                         help="serve this ASGI app over TLS in the enclave; adds ingress_url")
     parser.add_argument("--ingress-port", type=int, default=0, help="TCP port of the ingress")
+    fleet = parser.add_argument_group("local fleet (simulator.fleet)")
+    fleet.add_argument("--enclaves", type=int, metavar="N",
+                       help="run N parent+enclave nodes behind HAProxy (stack.json: lb_url, nodes)")
+    fleet.add_argument("--node-source", action="append", metavar="I=DIR",
+                       help="node I runs the enclave code in DIR (e.g. a changed build)")
+    fleet.add_argument("--secret-store", metavar="DIR|s3://BUCKET/PREFIX",
+                       help="the nodes' shared secret store (default STATE/secrets)")
+    fleet.add_argument("--s3-endpoint-url", help="S3 endpoint for an s3:// secret store")
     args = parser.parse_args(argv)
     config = StackConfig(
         state_dir=args.state,
@@ -639,7 +672,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         asgi=args.asgi,
         ingress_port=args.ingress_port,
     )
+    if args.enclaves is not None:
+        from .fleet import main_fleet
+
+        return main_fleet(args, config)
     stack = Stack(config, echo=lambda msg: print(msg, flush=True))
+    from ._supervisor import RestartPolicy, Supervisor
+
+    supervisor = Supervisor([stack], RestartPolicy(), echo=lambda m: print(m, flush=True),
+                            on_restart=lambda s, _c: _rewrite_info(s))
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         info = stack.start()
@@ -649,17 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if info.get("ingress_url"):
             ready["ingress_url"] = info["ingress_url"]
         print(json.dumps(ready), flush=True)
-        while True:
-            dead = stack.check_alive()
-            if dead is not None:
-                tail = dead.log_tail(config.limits.log_tail_lines)
-                print(
-                    f"error: {dead.name} exited with code {dead.process.returncode}; stopping. "
-                    f"Last lines of {dead.log_path}:\n{tail}",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.2)
+        while True:  # what exits is started again, with backoff
+            supervisor.tick()
+            time.sleep(supervisor.policy.tick_s)
     except _Interrupted as exc:
         print(f"{exc}: stopping the stack", flush=True)
         return 0
