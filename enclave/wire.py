@@ -84,6 +84,7 @@ PROTOCOL_CODES: Final[dict[str, str]] = {
     "envelope-auth-failed": BAD_REQUEST,
     # client side only, never on the wire
     "connection-lost": UNAVAILABLE,
+    "secret-store-failed": UNAVAILABLE,  # parent: loaded, but not kept for restarts
     "invalid-limits": INTERNAL,
     "bad-handlers": INTERNAL,
 }

@@ -84,6 +84,7 @@ class EnclaveClientError(CodedError):
         "bad-response": Kind.INTERNAL,
         "attestation-failed": Kind.FORBIDDEN,
         "e2e-decrypt-failed": Kind.BAD_REQUEST,
+        "invalid-policy": Kind.BAD_REQUEST,
     }
     show_code = True
 

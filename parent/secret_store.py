@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 from enclave.sealed import KINDS, NAME_PATTERN
 
 __all__ = [
@@ -44,6 +44,13 @@ RECORD_VERSION = 1
 
 class StoreError(CodedError):
     """The store could not be read or written, or a record is malformed (``code`` says which)."""
+
+    codes = {
+        "bad-record": Kind.INTERNAL,
+        "bad-store": Kind.BAD_REQUEST,
+        "store-failed": Kind.UNAVAILABLE,
+        "store-full": Kind.CONFLICT,
+    }
 
     show_code = True
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 
 class EifBuildError(CodedError):
@@ -11,5 +11,16 @@ class EifBuildError(CodedError):
     Codes: ``usage``, ``bad-rootfs``, ``rootfs-too-large``, ``bad-blobs``, ``bad-signing-key``,
     ``docker`` (daemon missing or refusing), ``kms`` (remote signing failed), ``io``.
     """
+
+    codes = {
+        "usage": Kind.BAD_REQUEST,
+        "bad-rootfs": Kind.BAD_REQUEST,
+        "rootfs-too-large": Kind.BAD_REQUEST,
+        "bad-blobs": Kind.BAD_REQUEST,
+        "bad-signing-key": Kind.BAD_REQUEST,
+        "docker": Kind.UNAVAILABLE,
+        "kms": Kind.UNAVAILABLE,
+        "io": Kind.INTERNAL,
+    }
 
     show_code = True

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attestation.eif import read_eif
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 from .template import EIF_PREFIX, TOOLKIT_PREFIX
 
@@ -22,6 +22,8 @@ EIF_MEMORY_FACTOR = 4  # nitro-cli refuses (E26) an enclave smaller than 4x its 
 
 class ArtifactError(CodedError):
     """An EIF or toolkit problem, with a stable ``code``."""
+
+    codes = {"bad-eif": Kind.BAD_REQUEST, "memory-too-small": Kind.BAD_REQUEST}
 
 
 @dataclass(frozen=True)

@@ -57,16 +57,29 @@ class Fleet:
 
     # -- inputs --
     def _admin(self, given: str | None) -> str:
-        if given:
-            return given
-        ident = self.aws.client("sts").get_caller_identity()
-        caller = principal_of(ident["Arn"], ident["Account"])
-        if caller.endswith(":root"):
+        """The key administrator: ``given``, else the caller; never the fleet's enclave role
+        (an administrator may rewrite the key policy, so that role would release its own keys).
+        """
+        admin = given
+        if not admin:
+            ident = self.aws.client("sts").get_caller_identity()
+            admin = principal_of(ident["Arn"], ident["Account"])
+            if admin.endswith(":root"):
+                raise FleetError(
+                    "admin-required",
+                    "you are signed in as the account root: pass --key-admin ROLE_OR_USER_ARN",
+                )
+        admin = principal_of(admin, "") if ":sts::" in admin else admin
+        enclave_role = (
+            self.stack.outputs().get("InstanceRoleArn") if self.stack.describe() else None
+        )
+        if enclave_role and admin == enclave_role:
             raise FleetError(
-                "admin-required",
-                "you are signed in as the account root: pass --key-admin ROLE_OR_USER_ARN",
+                "admin-is-enclave-role",
+                f"{admin} is the fleet's instance (enclave) role: it cannot also be the key "
+                "administrator; pass --key-admin with another role or user",
             )
-        return caller
+        return admin
 
     def _network(self, placement: Placement) -> tuple[str, list[str]]:
         ec2 = self.aws.client("ec2")

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from botocore.exceptions import ClientError, WaiterError
 
-from attestation.errors import CodedError
+from attestation.errors import CodedError, Kind
 
 CAPABILITIES = ["CAPABILITY_IAM"]
 RESOLVED = frozenset({"ImageId"})
@@ -21,6 +21,25 @@ NO_UPDATES = "No updates are to be performed"  # CloudFormation's answer to an e
 
 class FleetError(CodedError):
     """A fleet operation that cannot go on, with a stable ``code`` and what to do."""
+
+    codes = {
+        "usage": Kind.BAD_REQUEST,
+        "admin-required": Kind.BAD_REQUEST,
+        "admin-is-enclave-role": Kind.FORBIDDEN,
+        "instance-type": Kind.BAD_REQUEST,
+        "measurements-mismatch": Kind.BAD_REQUEST,
+        "use-rollout": Kind.BAD_REQUEST,
+        "no-default-vpc": Kind.NOT_FOUND,
+        "no-subnets": Kind.NOT_FOUND,
+        "no-stack": Kind.NOT_FOUND,
+        "bucket-not-empty": Kind.CONFLICT,
+        "refresh-conflict": Kind.CONFLICT,
+        "rollout-in-progress": Kind.CONFLICT,
+        "refresh-failed": Kind.INTERNAL,
+        "stack-failed": Kind.INTERNAL,
+        "refresh-timeout": Kind.UNAVAILABLE,
+        "stack-timeout": Kind.UNAVAILABLE,
+    }
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from image_imports import IMPORT_ALL
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "enclave" / "requirements.txt"
@@ -25,21 +26,6 @@ RUN_TIMEOUT_S = 60
 
 pytestmark = pytest.mark.timeout(PIP_TIMEOUT_S + 2 * RUN_TIMEOUT_S)
 
-IMPORT_ALL = """
-import importlib, pkgutil, sys
-names = []
-for package in ("attestation", "enclave"):
-    module = importlib.import_module(package)
-    names.append(package)
-    for info in pkgutil.walk_packages(module.__path__, package + "."):
-        if info.name.endswith("__main__"):
-            continue
-        importlib.import_module(info.name)
-        names.append(info.name)
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("parent", "simulator"))
-assert not leaked, leaked
-print(len(names))
-"""
 
 
 KMS_ONLY = """

@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image_fs import Entry, digest, flatten, save
+from image_imports import IMPORT_ALL
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 900
@@ -310,18 +311,6 @@ def test_started_as_root_it_drops_to_the_app_user(built: Built, tmp_path: Path) 
     assert f"probe {APP_UID} {APP_UID} {APP_UID} [{APP_UID}]" in proc.stdout, proc.stdout
 
 
-IMPORT_ALL = """
-import importlib, pkgutil, sys
-count = 0
-for package in ("attestation", "enclave"):
-    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
-        if not info.name.endswith("__main__"):
-            importlib.import_module(info.name)
-            count += 1
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("parent", "simulator"))
-assert not leaked, leaked
-print(count)
-"""
 
 
 def test_every_module_of_the_app_imports_in_the_image(built: Built) -> None:

@@ -405,3 +405,20 @@ def test_cli_deploy_status_rollout_teardown(
     assert "stopped after step 2" in result.err
     assert main(["fleet", "teardown", *common]) == 0
     assert "bucket " in capsys.readouterr().err
+
+
+def test_the_fleet_refuses_its_enclave_role_as_key_administrator(aws: Aws, tmp_path: Path) -> None:
+    """Issue 9 item 7: deploying with the instance (enclave) role as key admin (for example
+    from the parent instance itself) would let that role rewrite the policy and decrypt."""
+    eif = _eif(tmp_path, b"app-v1")
+    fleet = _deploy(aws, eif, desired=1)
+    role = fleet.stack.outputs()["InstanceRoleArn"]
+    session = role.replace(":iam::", ":sts::").replace(":role/", ":assumed-role/") + "/i-0abc"
+    for admin in (role, session):
+        with pytest.raises(FleetError) as info:
+            fleet.deploy(
+                TemplateOptions(releases=(), desired=1), eif, Placement(key_admin_arn=admin),
+                toolkit=b"toolkit archive",
+            )
+        assert info.value.code == "admin-is-enclave-role"
+    assert _accepted(_key_policy(aws, fleet))  # the stack kept its policy

@@ -259,18 +259,3 @@ def test_lint_requires_a_code_pin():
     assert _lint(_attested({"StringEqualsIgnoreCase": {PCR8: P8}})) == []  # signed images
     assert _lint(_attested({"StringEquals": {"kms:RecipientAttestation:PCR0": P0}})) == []
     assert _lint(_attested({"StringEqualsIgnoreCase": {IMAGE: P0, PCR4: P1}})) == []
-
-
-def test_deploy_admin_inherits_the_refusal(tmp_path: Path, capsys) -> None:
-    """`deploy --admin <the parent role>` made the enclave role its own key administrator."""
-    from attestation.eif import assemble_eif
-    from parent.deploy import main as deploy_main
-
-    eif = tmp_path / "app.eif"
-    eif.write_bytes(assemble_eif(b"kernel" * 10, b"cmdline", [b"boot", b"app"]))
-    base = ["--region", "us-east-1", "--eif", str(eif), "--dry-run", "--admin"]
-    assert deploy_main([*base, ADMIN]) == 0
-    capsys.readouterr()
-    role = "arn:aws:iam::000000000000:role/nitro-toolkit-parent"  # the dry run's parent role
-    assert deploy_main([*base, role]) != 0
-    assert "both key administrator and enclave role" in capsys.readouterr().err
