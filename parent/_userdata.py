@@ -79,11 +79,13 @@ def render_unit(filename: str, **values: object) -> str:
     return template.format(**values)
 
 
-def render_units(cfg: UserDataConfig) -> dict[str, str]:
+def render_units(cfg: UserDataConfig, *, kms_host_name: str | None = None) -> dict[str, str]:
+    """The systemd units for ``cfg``; ``kms_host_name`` overrides the KMS host derived from
+    the region (a CloudFormation template passes a ``${AWS::URLSuffix}`` expression)."""
     values = {
         "name": cfg.name,
         "region": cfg.region,
-        "kms_host": kms_host(cfg.region),
+        "kms_host": kms_host_name or kms_host(cfg.region),
         "eif_path": f"{INSTALL_DIR}/app.eif",
         "cpu_count": cfg.cpu_count,
         "memory_mib": cfg.memory_mib,

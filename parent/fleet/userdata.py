@@ -30,11 +30,14 @@ ENCLAVE_NAME = "nitro-toolkit"
 SECRET_STORE_PREFIX = "sealed/"
 """Where the parents keep sealed secrets (KMS ciphertexts) in the stack's bucket."""
 INGRESS_UNIT = "nitro-toolkit-ingress.service"
+KMS_HOST = "kms.${AWS::Region}.${AWS::URLSuffix}"
+"""The region's KMS endpoint as the stack resolves it (amazonaws.com.cn in China regions)."""
 # parameters and attributes the script may reference (Fn::Sub names)
 SUBSTITUTIONS = frozenset(
     {
         "AWS::Region",
         "AWS::StackName",
+        "AWS::URLSuffix",
         "ArtifactBucket",
         "EifObjectKey",
         "EifSha384",
@@ -88,7 +91,7 @@ def units(settings: EnclaveSettings) -> dict[str, str]:
         proxy_port=settings.proxy_port,
         proxy_host="0.0.0.0" if settings.proxy_public else "127.0.0.1",
     )
-    out = render_units(cfg)
+    out = render_units(cfg, kms_host_name=KMS_HOST)
     out[INGRESS_UNIT] = render_unit(
         INGRESS_UNIT,
         service_user=SERVICE_USER,
@@ -141,7 +144,7 @@ def script(settings: EnclaveSettings) -> str:
         "# 4. configuration: the relay's KMS allowlist, the deployment's facts",
         f"cat > {CONFIG_DIR}/vsock-proxy.yaml <<'EOF'",
         "allowlist:",
-        "- {address: kms.${AWS::Region}.amazonaws.com, port: 443}",
+        f"- {{address: {KMS_HOST}, port: 443}}",
         "EOF",
         f"cat > {CONFIG_DIR}/deployment.json <<'EOF'",
         '{"stack": "${AWS::StackName}", "region": "${AWS::Region}", '

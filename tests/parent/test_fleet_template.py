@@ -206,6 +206,7 @@ def _substituted(settings: userdata.EnclaveSettings) -> str:
     values = {
         "AWS::Region": "eu-west-1",
         "AWS::StackName": "prod",
+        "AWS::URLSuffix": "amazonaws.com",
         "ArtifactBucket": "prod-artifactbucket-1",
         "EifObjectKey": "eif/" + "a" * 96 + ".eif",
         "EifSha384": "a" * 96,
@@ -228,6 +229,9 @@ def test_user_data_is_valid_bash_and_checks_the_eif() -> None:
     assert "-m parent proxy --enclave-cid 16 --port 8080 --host 0.0.0.0" in script
     assert "-m parent ingress --listen 0.0.0.0:8443" in script
     assert "s3://prod-artifactbucket-1/sealed/" in script
+    # the KMS host follows the partition (amazonaws.com.cn in China regions)
+    assert "- {address: kms.eu-west-1.amazonaws.com, port: 443}" in script
+    assert "kms.eu-west-1.amazonaws.com 443" in script
 
 
 @pytest.mark.skipif(shutil.which("sha384sum") is None, reason="coreutils sha384sum missing")
