@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,30 +131,6 @@ def _cfg(**kw) -> _userdata.UserDataConfig:
     )
     base.update(kw)
     return _userdata.UserDataConfig(**base)  # type: ignore[arg-type]
-
-
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
-def test_user_data_is_valid_bash() -> None:
-    script = _userdata.render(_cfg())
-    proc = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"name": "app; rm -rf /"},
-        {"region": "us-east-1 && curl x"},
-        {"bucket": "Bad_Bucket"},
-        {"eif_key": "a b"},
-        {"enclave_cid": 3},
-        {"memory_mib": 10},
-        {"proxy_host": "0.0.0.0; reboot"},
-    ],
-)
-def test_user_data_refuses_unsafe_values(bad: dict) -> None:
-    with pytest.raises(ValueError, match="invalid deployment settings"):
-        _userdata.render(_cfg(**bad))
 
 
 def test_units() -> None:
