@@ -30,6 +30,7 @@ __all__ = [
     "E2E_OP",
     "FORBIDDEN",
     "HEALTH_OP",
+    "INGRESS_PORT",
     "INTERNAL",
     "KINDS",
     "KMS_RELAY_PORT",
@@ -48,6 +49,8 @@ APP_PORT: Final = 5000
 """vsock port the enclave app serves the framed protocol on (``python -m enclave``)."""
 KMS_RELAY_PORT: Final = 8000
 """vsock port on the parent where the KMS relay listens (``python -m parent kms-relay``)."""
+INGRESS_PORT: Final = 5443
+"""vsock port of the enclave's attested TLS listener (``python -m enclave --asgi``)."""
 
 HEALTH_OP: Final = "health"
 DESCRIBE_OP: Final = "describe"

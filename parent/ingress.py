@@ -30,13 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from enclave.ingress.proxy_v2 import build_header
-from enclave.ingress.server import DEFAULT_INGRESS_PORT
+from enclave.service import EXIT_LISTEN, EXIT_USAGE
 from enclave.transport import TransportError, VsockAddress, open_connection, relay
+from enclave.wire import INGRESS_PORT as DEFAULT_INGRESS_PORT
 
 __all__ = ["EXIT_LISTEN", "Ingress", "IngressLimits", "main"]
 
-EXIT_USAGE = 2
-EXIT_LISTEN = 5
 log = logging.getLogger("parent.ingress")
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import attestation as _attestation_pkg
 import enclave as _enclave_pkg
-from enclave.wire import APP_PORT, KMS_RELAY_PORT
+from enclave.wire import APP_PORT, INGRESS_PORT, KMS_RELAY_PORT
 from simulator.kms.store import atomic_write
 from simulator.measure import build_image_root, enclave_argv
 
@@ -53,7 +53,7 @@ ENCLAVE_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
 """The only variables of the launcher's environment the simulated enclave inherits."""
 DEFAULT_ENCLAVE_CID = 16
 ENCLAVE_PORT = APP_PORT
-INGRESS_VSOCK_PORT = 5443  # the enclave's TLS listener with --asgi (enclave.ingress)
+INGRESS_VSOCK_PORT = INGRESS_PORT  # the enclave's TLS listener with --asgi (enclave.ingress)
 REGION = "us-east-1"
 STACK_FILE = "stack.json"
 CREDENTIALS_INTERVAL_S = 5.0  # re-push often: a restarted simulated enclave gets them soon

@@ -18,6 +18,7 @@ from attestation.binding import nitriding_user_data
 
 from .. import _vsock_real, _vsock_sim
 from .._vsock_address import VMADDR_CID_ANY, TransportLimits, VsockAddress
+from ..wire import INGRESS_PORT
 from ._route import AttestationRoute, RouteLimits
 from ._tls import TlsIdentity
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_INGRESS_PORT", "Ingress", "IngressLimits", "start_ingress"]
 
-DEFAULT_INGRESS_PORT = 5443
+DEFAULT_INGRESS_PORT = INGRESS_PORT
 """vsock port of the TLS listener (the parent's ``ingress --enclave-port``)."""
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from enclave.ingress.server import DEFAULT_INGRESS_PORT
+from enclave.wire import INGRESS_PORT
 
 from .._userdata import (
     CONFIG_DIR,
@@ -58,7 +58,7 @@ class EnclaveSettings:
     memory_mib: int = 1024
     enclave_cid: int = 16
     proxy_port: int = 8080
-    enclave_ingress_port: int = DEFAULT_INGRESS_PORT  # vsock port of the enclave's TLS listener
+    enclave_ingress_port: int = INGRESS_PORT  # vsock port of the enclave's TLS listener
     proxy_public: bool = False  # True behind an NLB: health checks reach the proxy
 
     def check(self) -> None:
