@@ -27,6 +27,14 @@ from enum import IntEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from .eif_signature import (
+    MAX_SECTION_SIZE,
+    SECTION_CBOR,
+    SigningInfo,
+    build_section,
+    read_section,
+    section_cbor,
+)
 from .errors import EifError
 from .pcr import PCR_SIZE, extend, pcr3_from_role_arn, pcr4_from_instance_id
 
@@ -93,7 +101,7 @@ class EifLimits:
     """Every size the reader accepts or holds in memory at once."""
 
     chunk_size: int = 1 << 20  # bytes read per step while hashing a section
-    max_signature_size: int = 32768  # EIF README: signature section <= 32 KiB
+    max_signature_size: int = MAX_SECTION_SIZE  # EIF README: signature section <= 32 KiB
     max_metadata_size: int = 1 << 20  # metadata JSON is parsed in memory
     max_cmdline_kept: int = 4096  # the cmdline text is kept for display up to this size
 
@@ -170,19 +178,6 @@ class EifSection:
     @property
     def end(self) -> int:
         return self.data_offset + self.size
-
-
-@dataclass(frozen=True)
-class SigningInfo:
-    """The signature section: signing certificate (PCR8) and whether its signature checks out."""
-
-    certificate_der: bytes
-    subject: str
-    issuer: str
-    not_before: datetime
-    not_after: datetime
-    signature_check: bool  # COSE_Sign1 verifies with the certificate AND its payload is PCR0
-    problem: str | None = None  # why signature_check is False
 
 
 @dataclass(frozen=True)
@@ -420,8 +415,10 @@ class _Reader:
         }
         signing = None
         if signature is not None:
-            signing, cert_der = _parse_signature(signature, pcrs[0])
-            pcrs[8] = extend(bytes(PCR_SIZE), hashlib.sha384(cert_der).digest())
+            size = self.limits.max_signature_size
+            cbor = SECTION_CBOR if size == MAX_SECTION_SIZE else section_cbor(size)
+            signing = read_section(signature, pcrs[0], cbor)
+            pcrs[8] = extend(bytes(PCR_SIZE), hashlib.sha384(signing.certificate_der).digest())
         return EifImage(
             header=header,
             sections=tuple(sections),
@@ -510,114 +507,6 @@ def _parse_metadata(raw: bytes) -> Mapping[str, Any]:
     return value
 
 
-def _byte_list(value: Any, what: str) -> bytes:
-    """serde's Vec<u8> is a CBOR array of uint8; accept a byte string too."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, list) and all(type(v) is int and 0 <= v <= 255 for v in value):
-        return bytes(value)
-    raise EifError(f"EIF signature: {what} is not a byte array")
-
-
-def _parse_signature(raw: bytes, pcr0: bytes) -> tuple[SigningInfo, bytes]:
-    import cbor2
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    try:
-        entries = cbor2.loads(raw)
-    except Exception as exc:  # cbor2 raises several types on hostile input
-        raise EifError(f"EIF signature section is not valid CBOR: {exc}") from exc
-    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
-        raise EifError("EIF signature section is not a non-empty array of maps")
-    first = entries[0]
-    if "signing_certificate" not in first or "signature" not in first:
-        raise EifError("EIF signature entry lacks signing_certificate or signature")
-    pem = _byte_list(first["signing_certificate"], "signing_certificate")
-    cose = _byte_list(first["signature"], "signature")
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-        der = cert.public_bytes(Encoding.DER)
-        subject, issuer = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
-        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    except Exception as exc:
-        raise EifError(f"EIF signing certificate is not a PEM X.509 certificate: {exc}") from exc
-    problem = _check_pcr0_signature(cose, cert, pcr0)
-    info = SigningInfo(der, subject, issuer, not_before, not_after, problem is None, problem)
-    return info, der
-
-
-_COSE_ALGS = {-7: ("SHA256", 32), -35: ("SHA384", 48), -36: ("SHA512", 66)}
-
-
-def _cose_parts(cose: bytes) -> tuple[bytes, bytes, bytes, int, Any]:
-    """``(protected, payload, signature, alg, decoded payload)`` of a COSE_Sign1, or EifError.
-
-    The shape is checked here (a hostile section is ``bad-eif``, as nitro-cli fails on it);
-    whether the signature is good is left to the caller (``SignatureCheck``).
-    """
-    import cbor2
-
-    try:
-        msg = cbor2.loads(cose)
-        if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:
-            msg = msg.value
-        if not isinstance(msg, list) or len(msg) != 4:
-            raise ValueError("not an array of 4 items")
-        protected, _unprotected, payload, signature = msg
-        if not all(isinstance(v, bytes) for v in (protected, payload, signature)):
-            raise ValueError("protected header, payload and signature must be byte strings")
-        header = cbor2.loads(protected) if protected else {}
-        if not isinstance(header, dict):
-            raise ValueError("protected header is not a map")
-        alg = header.get(1)
-        if type(alg) is not int:  # a hostile header may hold anything, e.g. {1: [1]}
-            raise ValueError(f"algorithm (label 1) is not an integer: {alg!r:.40}")
-        info = cbor2.loads(payload)
-    except Exception as exc:  # cbor2 raises several types on hostile input
-        raise EifError(f"EIF signature is not a COSE_Sign1 structure: {exc}"[:300]) from None
-    return protected, payload, signature, alg, info
-
-
-def _check_pcr0_signature(cose: bytes, cert: x509.Certificate, pcr0: bytes) -> str | None:
-    """None when the COSE_Sign1 verifies with ``cert`` and signs ``{0: PCR0}``; else why not."""
-    import cbor2
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-    protected, payload, signature, alg, info = _cose_parts(cose)
-    if alg not in _COSE_ALGS:
-        return f"unsupported COSE algorithm {alg!r}"
-    hash_name, n = _COSE_ALGS[alg]
-    try:
-        key = cert.public_key()
-    except (ValueError, TypeError, UnsupportedAlgorithm):  # the key is parsed lazily
-        return "signing certificate carries an unreadable public key"
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        return "signing key is not an EC key"
-    if len(signature) != 2 * n:
-        return f"signature is {len(signature)} bytes, expected {2 * n}"
-    der_sig = encode_dss_signature(
-        int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big")
-    )
-    to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
-    try:
-        key.verify(der_sig, to_sign, ec.ECDSA(getattr(hashes, hash_name)()))
-    except InvalidSignature:
-        return "COSE signature does not verify with the signing certificate"
-    if not isinstance(info, dict) or info.get("register_index") != 0:
-        return "signed payload is not a PCR0 record"
-    try:
-        signed_pcr0 = _byte_list(info.get("register_value"), "register_value")
-    except EifError as exc:
-        return exc.message
-    if signed_pcr0 != pcr0:
-        return "signed PCR0 differs from the image's PCR0"
-    return None
-
-
 # --- writer -------------------------------------------------------------------------------------
 
 
@@ -657,26 +546,17 @@ def build_eif(
 
 
 def sign_pcr0(pcr0: bytes, certificate_pem: bytes, private_key: Any) -> bytes:
-    """The signature section nitro-cli writes: CBOR ``[{signing_certificate, signature}]``.
-
-    ``signature`` is an untagged COSE_Sign1 (ES256/384/512 by the key's curve) over
-    ``{"register_index": 0, "register_value": PCR0}``; byte strings are uint8 arrays (serde).
-    """
-    import cbor2
-    from cryptography.hazmat.primitives import hashes
+    """The signature section nitro-cli writes (:func:`attestation.eif_signature.build_section`),
+    signed with ``private_key``: ES256/384/512 by its curve (P-256, P-384 or P-521)."""
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-    if not isinstance(private_key, ec.EllipticCurvePrivateKey):
+    from ._cose import ALG_FOR_CURVE, ECDSA_ALGORITHMS
+
+    alg = ALG_FOR_CURVE.get(getattr(getattr(private_key, "curve", None), "name", ""))
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey) or alg is None:
         raise TypeError("EIF signing needs an EC private key (P-256, P-384 or P-521)")
-    alg = {256: -7, 384: -35, 521: -36}[private_key.curve.key_size]
-    hash_name, n = _COSE_ALGS[alg]
-    protected = cbor2.dumps({1: alg})
-    payload = cbor2.dumps({"register_index": 0, "register_value": list(pcr0)})
-    to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
-    r, s = decode_dss_signature(private_key.sign(to_sign, ec.ECDSA(getattr(hashes, hash_name)())))
-    cose = cbor2.dumps([protected, {}, payload, r.to_bytes(n, "big") + s.to_bytes(n, "big")])
-    return cbor2.dumps([{"signing_certificate": list(certificate_pem), "signature": list(cose)}])
+    ecdsa = ECDSA_ALGORITHMS[alg].ecdsa
+    return build_section(pcr0, certificate_pem, lambda m: private_key.sign(m, ecdsa), alg)
 
 
 def assemble_eif(

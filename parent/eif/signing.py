@@ -1,12 +1,10 @@
-"""The EIF signature section, as ``nitro-cli sign-eif`` writes it (nitro-spec §5.5).
+"""Signing keys for the EIF signature section, as ``nitro-cli sign-eif`` writes it.
 
-CBOR ``[{"signing_certificate": PEM, "signature": COSE_Sign1}]`` with both values as CBOR
-arrays of uint8 (serde's ``Vec<u8>``). The COSE_Sign1 is untagged, protected ``{1: -35}``
-(ES384), unprotected ``{}``, over ``{"register_index": 0, "register_value": PCR0}``.
-
+The section itself (CBOR, COSE_Sign1 ES384 over ``{"register_index": 0, "register_value":
+PCR0}``) is written and checked by :mod:`attestation.eif_signature`, the reader's own code.
 The key is a local P-384 PEM key (RFC 6979: deterministic, so the file is reproducible) or an
 AWS KMS asymmetric key (ECC_NIST_P384, SIGN_VERIFY; ``kms:Sign`` with ECDSA_SHA_384). Either
-way the message is checked with pycose against the certificate before it is written; PCR8 is
+way the section is read back against the certificate before it is written; PCR8 is
 ``SHA384(0^48 ‖ SHA384(DER(cert)))``.
 """
 
@@ -17,19 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from attestation.eif_signature import build_section, read_section
 from attestation.pcr import pcr8_from_certificate
 
 from .errors import EifBuildError
 from .limits import DEFAULT_LIMITS, BuildLimits
 
-ES384 = -35
-COORD = 48  # P-384 coordinate / scalar size
 KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/\S+$")
 
 
@@ -166,50 +161,21 @@ class KmsSigner:
         return bytes(answer["Signature"])
 
 
-def pcr0_payload(pcr0: bytes) -> bytes:
-    """The signed payload: ``{"register_index": 0, "register_value": [48 x uint8]}``."""
-    return cbor2.dumps({"register_index": 0, "register_value": list(pcr0)})
-
-
-def cose_sign1(signer: Signer, payload: bytes) -> bytes:
-    """Untagged COSE_Sign1 ES384 over ``payload``, checked with pycose before it is returned.
-
-    The Sig_structure (RFC 9052 §4.4) is signed by the signer itself, so a local key signs
-    deterministically (RFC 6979) and a signed EIF is reproducible too; a KMS key is not.
-    """
-    protected = cbor2.dumps({1: ES384})
-    to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
-    r, s = decode_dss_signature(signer.sign_der(to_sign))
-    encoded = cbor2.dumps(
-        [protected, {}, payload, r.to_bytes(COORD, "big") + s.to_bytes(COORD, "big")]
-    )
-    if not verify_cose(encoded, signer.certificate_pem):
-        raise EifBuildError("bad-signing-key", "the COSE signature does not verify (wrong key?)")
-    return encoded
-
-
-def verify_cose(encoded: bytes, certificate_pem: bytes) -> bool:
-    """True when the untagged COSE_Sign1 verifies with the certificate's key (pycose)."""
-    from pycose.keys import EC2Key
-    from pycose.messages import Sign1Message
-
-    public = load_certificate(certificate_pem).public_key()
-    pem = public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    try:  # pycose's decode() wants the tag; Nitro's messages are untagged
-        message = Sign1Message.from_cose_obj(list(cbor2.loads(encoded)), True)
-        message.key = EC2Key.from_pem_public_key(pem.decode())
-        return bool(message.verify_signature())
-    except Exception:  # pycose raises assorted types for a malformed message
-        return False
-
-
 def signature_section(signer: Signer, pcr0: bytes) -> bytes:
-    """The CBOR signature section, both values as arrays of uint8 (serde ``Vec<u8>``)."""
-    cose = cose_sign1(signer, pcr0_payload(pcr0))
-    entry = {"signing_certificate": list(signer.certificate_pem), "signature": list(cose)}
-    return cbor2.dumps([entry])
+    """The CBOR signature section for ``pcr0``, read back (signature and PCR0) before it is
+    returned: a key that does not match the certificate is ``bad-signing-key``."""
+    try:
+        section = build_section(pcr0, signer.certificate_pem, signer.sign_der)
+    except (ValueError, OverflowError) as exc:  # not DER, or r/s wider than P-384's 48 bytes
+        raise EifBuildError(
+            "bad-signing-key", f"the signer returned no P-384 ECDSA signature: {exc}"
+        ) from exc
+    check = read_section(section, pcr0)
+    if not check.signature_check:
+        raise EifBuildError(
+            "bad-signing-key", f"the COSE signature does not verify (wrong key?): {check.problem}"
+        )
+    return section
 
 
 def pcr8(signer: Signer) -> bytes:
