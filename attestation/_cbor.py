@@ -191,13 +191,14 @@ def decode_strict(data: bytes, what: str, limits: CborLimits = DOCUMENT_LIMITS) 
     MalformedError otherwise (duplicate keys included).
 
     The head walk (:func:`check_structure`) is skipped only where it cannot find anything
-    cbor2 would not refuse itself: keys limited to text/byte strings (cbor2's
-    ``strict_hashable_types``) and an input no longer than ``max_items`` bytes (it cannot hold
-    more items than bytes). That keeps small frames and envelopes at C speed."""
+    cbor2 would not refuse itself: keys exactly text and byte strings (cbor2's
+    ``strict_hashable_types`` allows both, so text-only keys need the walk to refuse byte-string
+    keys) and an input no longer than ``max_items`` bytes (it cannot hold more items than
+    bytes). That keeps small frames at C speed."""
     if not isinstance(data, bytes):
         data = bytes(data)
     text_keys = limits.key_types <= _STRING_KEYS
-    if not text_keys or len(data) > min(limits.max_items, limits.max_bytes):
+    if limits.key_types != _STRING_KEYS or len(data) > min(limits.max_items, limits.max_bytes):
         check_structure(data, limits, what)
     stream = io.BytesIO(data)
     try:
