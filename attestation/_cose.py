@@ -7,12 +7,12 @@ signature is checked over ``Sig_structure1 = ["Signature1", protected, h'', payl
 from the ORIGINAL protected-header and payload bytes, never from a re-encoding. The signature
 on the wire is the raw fixed-size ``r || s``; ``cryptography`` wants DER.
 
-Why not pycose (measured by ``bench/cose.py`` on the 24 real documents of ../shared/vectors,
+Why not pycose (``bench/cose.py`` on the 24 real documents of ../shared/vectors,
 docs/benchmarks.md §13): its ECDSA runs on python-ecdsa, pure Python, so checking one document
-took 16,349 µs against 1,627 µs here (10 %), and this path is within 1 % of one bare
-``cryptography`` verification, the floor. python-ecdsa also is not hardened against side
-channels, which rules it out for signing with a private key, and pycose would add five packages
-(pycose, attrs, ecdsa, certvalidator, oscrypto) to the enclave image, which ships attestation/.
+took 8,000-12,500 µs against 1,100-1,350 µs here (7-10x slower); this path is within noise of
+one bare ``cryptography`` verification, the floor. python-ecdsa is not hardened against side
+channels either, which rules it out for signing, and pycose would add five packages (pycose,
+attrs, ecdsa, certvalidator, oscrypto) to the enclave image, which ships attestation/.
 """
 
 from __future__ import annotations
