@@ -27,14 +27,6 @@ from enum import IntEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from .eif_signature import (
-    MAX_SECTION_SIZE,
-    SECTION_CBOR,
-    SigningInfo,
-    build_section,
-    read_section,
-    section_cbor,
-)
 from .errors import EifError
 from .pcr import PCR_SIZE, extend, pcr3_from_role_arn, pcr4_from_instance_id
 
@@ -42,6 +34,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from .document import AttestationDocument
+    from .eif_signature import SigningInfo
 
 __all__ = [
     "CURRENT_VERSION",
@@ -67,6 +60,17 @@ __all__ = [
     "sign_pcr0",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    """``SigningInfo`` lives in :mod:`attestation.eif_signature`, imported on first use (it
+    loads cbor2 and cryptography, which reading an unsigned EIF does not need)."""
+    if name == "SigningInfo":
+        from .eif_signature import SigningInfo
+
+        return SigningInfo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # --- format constants (nitro-spec §5.1, §5.2; EIF src/defs/mod.rs) ---------------------------
 EIF_MAGIC = b".eif"
 HEADER_SIZE = 548
@@ -79,6 +83,7 @@ ARCH_ARM64_FLAG = 0x1
 DEFAULT_MEM = 1 << 30  # what the builder writes (unused by nitro-cli)
 DEFAULT_CPUS = 2
 HASH_ALGORITHM = "Sha384 { ... }"  # nitro-cli prints `format!("{:?}", Sha384::new())`
+MAX_SIGNATURE_SECTION_SIZE = 32 * 1024  # EIF README: signature section <= 32 KiB
 
 _HEADER = struct.Struct(">4sHHQQHH32Q32QII")
 _SECTION_HEADER = struct.Struct(">HHQ")
@@ -101,7 +106,7 @@ class EifLimits:
     """Every size the reader accepts or holds in memory at once."""
 
     chunk_size: int = 1 << 20  # bytes read per step while hashing a section
-    max_signature_size: int = MAX_SECTION_SIZE  # EIF README: signature section <= 32 KiB
+    max_signature_size: int = MAX_SIGNATURE_SECTION_SIZE
     max_metadata_size: int = 1 << 20  # metadata JSON is parsed in memory
     max_cmdline_kept: int = 4096  # the cmdline text is kept for display up to this size
 
@@ -416,7 +421,9 @@ class _Reader:
         signing = None
         if signature is not None:
             size = self.limits.max_signature_size
-            cbor = SECTION_CBOR if size == MAX_SECTION_SIZE else section_cbor(size)
+            from .eif_signature import SECTION_CBOR, read_section, section_cbor
+
+            cbor = SECTION_CBOR if size == MAX_SIGNATURE_SECTION_SIZE else section_cbor(size)
             signing = read_section(signature, pcrs[0], cbor)
             pcrs[8] = extend(bytes(PCR_SIZE), hashlib.sha384(signing.certificate_der).digest())
         return EifImage(
@@ -551,6 +558,7 @@ def sign_pcr0(pcr0: bytes, certificate_pem: bytes, private_key: Any) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from ._cose import ALG_FOR_CURVE, ECDSA_ALGORITHMS
+    from .eif_signature import build_section
 
     alg = ALG_FOR_CURVE.get(getattr(getattr(private_key, "curve", None), "name", ""))
     if not isinstance(private_key, ec.EllipticCurvePrivateKey) or alg is None:

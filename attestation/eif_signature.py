@@ -35,6 +35,7 @@ from ._cose import (
     encode_sign1,
     protected_header,
 )
+from .eif import MAX_SIGNATURE_SECTION_SIZE as MAX_SECTION_SIZE
 from .errors import EifError, MalformedError
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ __all__ = [
     "section_cbor",
 ]
 
-MAX_SECTION_SIZE = 32 * 1024
-"""Largest signature section (aws-nitro-enclaves-image-format README: at most 32 KiB)."""
 PCR0_REGISTER = 0
 
 
