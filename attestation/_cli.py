@@ -6,13 +6,11 @@ Exit status: 0 valid (or decoded, for inspect), 1 rejected, 2 usage or I/O error
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
+import importlib
 import json
 import os
-import string
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -31,8 +29,10 @@ MAX_INPUT_SIZE = 3 * MAX_DOCUMENT_SIZE
 """Bytes read from FILE or stdin: a maximal document as hex, plus whitespace."""
 MAX_ROOT_FILE_SIZE = 64 * 1024
 
-_HEX_CHARS = frozenset(string.hexdigits.encode())
-_B64_CHARS = frozenset((string.ascii_letters + string.digits + "+/=-_").encode())
+_DIGITS = b"0123456789"
+_LETTERS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_HEX_CHARS = frozenset(_DIGITS + b"abcdefABCDEF")
+_B64_CHARS = frozenset(_DIGITS + _LETTERS + b"+/=-_")
 _RAW_FIRST_BYTES = (0x84, 0xD2)  # untagged / tagged COSE_Sign1
 _UNVERIFIED = "UNVERIFIED: decoded only; nothing below is authenticated"
 
@@ -49,6 +49,9 @@ def decode_input(data: bytes) -> bytes:
     if text and all(b in _HEX_CHARS for b in text) and len(text) % 2 == 0:
         return bytes.fromhex(text.decode())
     if text and all(b in _B64_CHARS for b in text):
+        import base64  # here: most input is raw CBOR, and verify's start-up is measured
+        import binascii
+
         padded = text.rstrip(b"=") + b"=" * (-len(text.rstrip(b"=")) % 4)
         try:
             if b"-" in text or b"_" in text:
@@ -271,13 +274,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_VALID
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m attestation",
-        description="Verify and inspect AWS Nitro Enclaves attestation documents.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _register_verify(sub: Any) -> None:
     v = sub.add_parser(
         "verify",
         help="verify a document (signature, chain to the pinned root, policy)",
@@ -309,27 +306,59 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=_cmd_verify)
 
+
+def _register_inspect(sub: Any) -> None:
     i = sub.add_parser("inspect", help="decode a document WITHOUT verifying it")
     i.add_argument("file", metavar="FILE|-", help="document file, or - for stdin")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=_cmd_inspect)
 
-    from . import _cli_pcrs  # here, not at the top: it imports helpers from this module
 
-    _cli_pcrs.register(sub)
-    from . import _cli_connect
+def _registrar(module: str) -> Callable[[Any], None]:
+    def register(sub: Any) -> None:
+        # Imported here, not at the top: only when its subcommand runs (or for --help), and
+        # each of these modules imports helpers from this one.
+        importlib.import_module(f".{module}", __package__).register(sub)
 
-    _cli_connect.register(sub)
+    return register
 
-    from . import _cli_provenance
 
-    _cli_provenance.register(sub)
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "verify": _register_verify,
+    "inspect": _register_inspect,
+    "pcrs": _registrar("_cli_pcrs"),
+    "connect": _registrar("_cli_connect"),
+    "provenance": _registrar("_cli_provenance"),
+}
+"""Each subcommand, in --help order, and what adds it to the parser."""
+PROG = "python -m attestation"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; or, given a known ``command``, the parser with that subcommand alone,
+    so that running one subcommand imports and builds nothing of the others."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Verify and inspect AWS Nitro Enclaves attestation documents.",
+    )
+    # prog given, as argparse would compute it, spares it a help formatter
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog=PROG)
+    for name, register in COMMANDS.items():
+        if command not in COMMANDS or name == command:
+            register(sub)
     return parser
 
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named by ``argv``: its first word, as the top level has no options but
+    --help (anything else builds the whole parser, which then reports it)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(_chosen(argv)).parse_args(argv)
     try:
         return int(args.func(args))
     except UsageError as exc:
