@@ -6,9 +6,12 @@ Exit status: 0 valid (or decoded, for inspect), 1 rejected, 2 usage or I/O error
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import importlib
 import json
 import os
+import string
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,10 +32,8 @@ MAX_INPUT_SIZE = 3 * MAX_DOCUMENT_SIZE
 """Bytes read from FILE or stdin: a maximal document as hex, plus whitespace."""
 MAX_ROOT_FILE_SIZE = 64 * 1024
 
-_DIGITS = b"0123456789"
-_LETTERS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_HEX_CHARS = frozenset(_DIGITS + b"abcdefABCDEF")
-_B64_CHARS = frozenset(_DIGITS + _LETTERS + b"+/=-_")
+_HEX_CHARS = frozenset(string.hexdigits.encode())
+_B64_CHARS = frozenset((string.ascii_letters + string.digits + "+/=-_").encode())
 _RAW_FIRST_BYTES = (0x84, 0xD2)  # untagged / tagged COSE_Sign1
 _UNVERIFIED = "UNVERIFIED: decoded only; nothing below is authenticated"
 
@@ -49,9 +50,6 @@ def decode_input(data: bytes) -> bytes:
     if text and all(b in _HEX_CHARS for b in text) and len(text) % 2 == 0:
         return bytes.fromhex(text.decode())
     if text and all(b in _B64_CHARS for b in text):
-        import base64  # here: most input is raw CBOR, and verify's start-up is measured
-        import binascii
-
         padded = text.rstrip(b"=") + b"=" * (-len(text.rstrip(b"=")) % 4)
         try:
             if b"-" in text or b"_" in text:
