@@ -330,12 +330,49 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
 }
 """Each subcommand, in --help order, and what adds it to the parser."""
 PROG = "python -m attestation"
+_FALLBACK_COLUMNS = 80
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil: argparse does so for
+    every argument it adds, and shutil loads the bz2 and lzma libraries (~3 ms of start-up)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        stdout = sys.__stdout__
+        size = os.get_terminal_size(stdout.fileno()) if stdout else None
+    except (ValueError, OSError):
+        size = None
+    return (size.columns if size else 0) or _FALLBACK_COLUMNS
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter; its default width (the terminal's, less 2) found as above."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:  # fmt: skip
+        width = _terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the formatter above, for the subcommands' parsers too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; or, given a known ``command``, the parser with that subcommand alone,
     so that running one subcommand imports and builds nothing of the others."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog=PROG,
         description="Verify and inspect AWS Nitro Enclaves attestation documents.",
     )

@@ -17,6 +17,7 @@ import pytest
 from attestation_helpers import sign
 
 from attestation import TestPKI
+from attestation._cli import _terminal_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_FOR_VERIFY = (
@@ -29,6 +30,7 @@ NOT_FOR_VERIFY = (
     "attestation.testpki",
     "http.client",
     "ssl",
+    "shutil",  # argparse's help formatter imports it (and bz2, lzma) for the terminal width
 )
 RUN_TIMEOUT_S = 60
 
@@ -123,3 +125,14 @@ def test_importing_the_package_loads_no_cryptography() -> None:
     )
     modules = set(json.loads(proc.stdout))
     assert not {m for m in modules if m.startswith(("cryptography", "cbor2", "attestation."))}
+
+
+@pytest.mark.parametrize("columns", [None, "", "0", "x", "57", "200"])
+def test_help_width_is_shutils(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    import shutil
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _terminal_columns() == shutil.get_terminal_size().columns
