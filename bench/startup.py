@@ -200,8 +200,10 @@ def main() -> int:
     for shape, (floor, verify, above) in summary.items():
         met = "met" if verify <= TARGET_RATIO else "NOT met"
         below = " (the floor alone is above it)" if floor > TARGET_RATIO else ""
-        print(f"{shape}: verify {verify:.2f}x, floor {floor:.2f}x (CPU); verify is "
-              f"{above:.0%} above the floor; target <= {TARGET_RATIO}x: {met}{below}")
+        print(
+            f"{shape}: verify {verify:.2f}x, floor {floor:.2f}x (CPU); verify is "
+            f"{above:.0%} above the floor; target <= {TARGET_RATIO}x: {met}{below}"
+        )
     return 0
 
 
