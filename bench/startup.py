@@ -22,8 +22,12 @@ modules are compiled here first, as the first run of any command would do, unles
 PYTHONDONTWRITEBYTECODE is set: then every run would compile them again, which measures the
 compiler, not the start-up.
 
-Run: ``.venv/bin/python bench/startup.py [--rounds N] [--shape dev|wheel|both]``. It stops by
-itself (building the wheel venv takes about ten seconds, each round about a second).
+``--instructions`` also counts, once, the user-space instructions of each command with
+valgrind (callgrind): slow (seconds a run) but the same on a busy machine as on an idle one.
+
+Run: ``.venv/bin/python bench/startup.py [--rounds N] [--shape dev|wheel|both]
+[--instructions]``. It stops by itself (building the wheel venv takes about ten seconds, each
+round about a second, the instruction counts about half a minute a shape).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -45,6 +50,7 @@ ROUNDS = 30
 TARGET_RATIO = 2.5
 RUN_TIMEOUT_S = 30
 INSTALL_TIMEOUT_S = 300
+VALGRIND_TIMEOUT_S = 300
 FLOOR_IMPORTS = (
     "import argparse, json, dataclasses, cbor2, cryptography.x509.verification; "
     "from cryptography.hazmat.primitives import hashes; "
@@ -117,6 +123,19 @@ def _time(argv: list[str], cwd: Path) -> Run:
     return elapsed, used
 
 
+def _instructions(argv: list[str], cwd: Path) -> int:
+    """User-space instructions of one run, counted by callgrind (hash seed fixed)."""
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        cwd=cwd, capture_output=True, text=True, timeout=VALGRIND_TIMEOUT_S,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )  # fmt: skip
+    counted = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or counted is None:
+        raise SystemExit(f"valgrind {argv!r} failed ({proc.returncode}): {proc.stderr[-400:]}")
+    return int(counted.group(1))
+
+
 def _commands(python: str, doc: Path, extra: list[str]) -> dict[str, list[str]]:
     verify = [python, "-m", "attestation", "verify", str(doc), "--at", "document", *extra]
     return {
@@ -166,7 +185,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--shape", choices=("dev", "wheel", "both"), default="both")
+    parser.add_argument("--instructions", action="store_true", help="count them with valgrind")
     args = parser.parse_args()
+    counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         doc, extra = _vector() or _testpki(tmp)
@@ -188,6 +209,9 @@ def main() -> int:
             for shape, name in order[i % len(order) :] + order[: i % len(order)]:
                 cmds, cwd = shapes[shape]
                 runs[shape][name].append(_time(cmds[name], cwd))
+        if args.instructions:
+            for shape, (cmds, cwd) in shapes.items():
+                counts[shape] = {name: _instructions(argv, cwd) for name, argv in cmds.items()}
 
     load = os.getloadavg()[0]
     print(f"document: {doc.name}; {args.rounds} rounds; Python {sys.version.split()[0]}; "
@@ -204,6 +228,15 @@ def main() -> int:
             f"{shape}: verify {verify:.2f}x, floor {floor:.2f}x (CPU); verify is "
             f"{above:.0%} above the floor; target <= {TARGET_RATIO}x: {met}{below}"
         )
+    if counts:
+        print("\n| shape | command | instructions (M) | ratio |\n|---|---|---:|---:|")
+        for shape, count in counts.items():
+            for name, n in count.items():
+                print(f"| {shape} | {name} | {n / 1e6:.0f} | {n / count['bare']:.2f}x |")
+        for shape, count in counts.items():
+            above = count["verify"] / count["floor"] - 1
+            print(f"\n{shape}: verify is {above:.1%} above the floor in instructions", end="")
+        print()
     return 0
 
 
