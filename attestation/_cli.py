@@ -345,7 +345,7 @@ def _terminal_columns() -> int:
     try:
         stdout = sys.__stdout__
         size = os.get_terminal_size(stdout.fileno()) if stdout else None
-    except (ValueError, OSError):
+    except (AttributeError, ValueError, OSError):
         size = None
     return (size.columns if size else 0) or _FALLBACK_COLUMNS
 
@@ -355,10 +355,10 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def __init__(
         self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-        width: int | None = None,
+        width: int | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
         width = _terminal_columns() - 2 if width is None else width
-        super().__init__(prog, indent_increment, max_help_position, width)
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
