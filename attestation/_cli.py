@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import importlib
 import json
 import os
 import string
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -271,13 +272,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_VALID
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m attestation",
-        description="Verify and inspect AWS Nitro Enclaves attestation documents.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _register_verify(sub: Any) -> None:
     v = sub.add_parser(
         "verify",
         help="verify a document (signature, chain to the pinned root, policy)",
@@ -309,27 +304,96 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=_cmd_verify)
 
+
+def _register_inspect(sub: Any) -> None:
     i = sub.add_parser("inspect", help="decode a document WITHOUT verifying it")
     i.add_argument("file", metavar="FILE|-", help="document file, or - for stdin")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=_cmd_inspect)
 
-    from . import _cli_pcrs  # here, not at the top: it imports helpers from this module
 
-    _cli_pcrs.register(sub)
-    from . import _cli_connect
+def _registrar(module: str) -> Callable[[Any], None]:
+    def register(sub: Any) -> None:
+        # Imported here, not at the top: only when its subcommand runs (or for --help), and
+        # each of these modules imports helpers from this one.
+        importlib.import_module(f".{module}", __package__).register(sub)
 
-    _cli_connect.register(sub)
+    return register
 
-    from . import _cli_provenance
 
-    _cli_provenance.register(sub)
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "verify": _register_verify,
+    "inspect": _register_inspect,
+    "pcrs": _registrar("_cli_pcrs"),
+    "connect": _registrar("_cli_connect"),
+    "provenance": _registrar("_cli_provenance"),
+}
+"""Each subcommand, in --help order, and what adds it to the parser."""
+PROG = "python -m attestation"
+_FALLBACK_COLUMNS = 80
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil: argparse does so for
+    every argument it adds, and shutil loads the bz2 and lzma libraries (~3 ms of start-up)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        stdout = sys.__stdout__
+        size = os.get_terminal_size(stdout.fileno()) if stdout else None
+    except (AttributeError, ValueError, OSError):
+        size = None
+    return (size.columns if size else 0) or _FALLBACK_COLUMNS
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter; its default width (the terminal's, less 2) found as above."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+        width: int | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        width = _terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the formatter above, for the subcommands' parsers too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; or, given a known ``command``, the parser with that subcommand alone,
+    so that running one subcommand imports and builds nothing of the others."""
+    parser = _ArgumentParser(
+        prog=PROG,
+        description="Verify and inspect AWS Nitro Enclaves attestation documents.",
+    )
+    # prog given, as argparse would compute it, spares it a help formatter
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog=PROG)
+    for name, register in COMMANDS.items():
+        if command not in COMMANDS or name == command:
+            register(sub)
     return parser
 
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named by ``argv``: its first word, as the top level has no options but
+    --help (anything else builds the whole parser, which then reports it)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(_chosen(argv)).parse_args(argv)
     try:
         return int(args.func(args))
     except UsageError as exc:
