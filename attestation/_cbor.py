@@ -132,8 +132,10 @@ def check_structure(data: bytes, limits: CborLimits, what: str) -> None:
                     expected=max_items,
                     found=items,
                 )
-            if in_map and not odd and (
-                major not in key_majors or (major < 2 and arg >= SMALL_INT_KEY)
+            if (
+                in_map
+                and not odd
+                and (major not in key_majors or (major < 2 and arg >= SMALL_INT_KEY))
             ):
                 raise MalformedError(
                     f"{what} has a map key of CBOR major type {major}; keys must be "

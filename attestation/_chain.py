@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.verification import (
@@ -157,8 +157,7 @@ def make_roots(roots: Sequence[x509.Certificate]) -> dict[bytes, TrustedRoot]:
             raise PolicyError(
                 f"roots must hold x509.Certificate objects, not {type(cert).__name__}"
             )
-        der = cert.public_bytes(serialization.Encoding.DER)
-        digest = hashlib.sha256(der).digest()
+        digest = cert.fingerprint(hashes.SHA256())
         try:
             out[digest] = TrustedRoot(digest, cert, Store([cert]))
         except (ValueError, TypeError) as exc:

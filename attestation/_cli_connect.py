@@ -41,19 +41,34 @@ def register(sub: Any) -> None:
         "Exit 0 bound and valid, 1 rejected, 2 usage or network error.",
     )
     c.add_argument("url", metavar="URL", help="https://HOST[:PORT]")
-    c.add_argument("--root", action="append", metavar="PEM",
-                   help="trust this root instead of the AWS Nitro Root-G1 (repeatable)")
-    c.add_argument("--pcr", action="append", default=[], metavar="N=HEX",
-                   help="expected PCR (repeatable)")
+    c.add_argument(
+        "--root",
+        action="append",
+        metavar="PEM",
+        help="trust this root instead of the AWS Nitro Root-G1 (repeatable)",
+    )
+    c.add_argument(
+        "--pcr", action="append", default=[], metavar="N=HEX", help="expected PCR (repeatable)"
+    )
     c.add_argument("--max-age", type=float, metavar="S", help="oldest accepted timestamp")
-    c.add_argument("--allow-debug", action="store_true",
-                   help="accept debug-mode documents (PCR0 all zero)")
-    c.add_argument("--binding", choices=BINDINGS, default="public-key",
-                   help="how the document binds the TLS key: public-key (this toolkit, "
-                   "default), nitriding (user_data multihash), evervault (user_data = SPKI)")
+    c.add_argument(
+        "--allow-debug", action="store_true", help="accept debug-mode documents (PCR0 all zero)"
+    )
+    c.add_argument(
+        "--binding",
+        choices=BINDINGS,
+        default="public-key",
+        help="how the document binds the TLS key: public-key (this toolkit, "
+        "default), nitriding (user_data multihash), evervault (user_data = SPKI)",
+    )
     c.add_argument("--get", metavar="PATH", help="then GET PATH on the attested connection")
-    c.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                   help="seconds for each network step (default 10)")
+    c.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds for each network step (default 10)",
+    )
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=_cmd_connect)
 
@@ -110,8 +125,11 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with conn:
         result: dict[str, Any] = {
-            "valid": True, "bound": True, "binding": args.binding,
-            "certificate_sha256": conn.cert_sha256, "seconds": round(conn.seconds, 4),
+            "valid": True,
+            "bound": True,
+            "binding": args.binding,
+            "certificate_sha256": conn.cert_sha256,
+            "seconds": round(conn.seconds, 4),
             **document_json(conn.document),
         }
         status_body = None
@@ -123,14 +141,18 @@ def _cmd_connect(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
     if args.json:
         if status_body is not None:
-            result["response"] = {"status": status_body[0],
-                                  "body": status_body[1].decode("utf-8", "replace")}
+            result["response"] = {
+                "status": status_body[0],
+                "body": status_body[1].decode("utf-8", "replace"),
+            }
         print(json.dumps(result))
         return EXIT_VALID
     out = sys.stderr if status_body is not None else sys.stdout
-    print(f"BOUND: {args.url} presents the attested key ({args.binding} binding, "
-          f"certificate sha256 {conn.cert_sha256[:16]}..., {conn.seconds * 1000:.0f} ms)",
-          file=out)
+    print(
+        f"BOUND: {args.url} presents the attested key ({args.binding} binding, "
+        f"certificate sha256 {conn.cert_sha256[:16]}..., {conn.seconds * 1000:.0f} ms)",
+        file=out,
+    )
     _print_claims(conn.document, out)
     if status_body is not None:
         print(f"GET {args.get} -> {status_body[0]}", file=sys.stderr)

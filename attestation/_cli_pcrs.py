@@ -68,7 +68,6 @@ def run_pcrs(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-
 def _run(args: argparse.Namespace) -> int:
     from .eif import compare_pcrs, load_measurements, measurements_json, read_eif
 
@@ -140,10 +139,3 @@ def _report(result: Any, *, what: str) -> int:
 def _emit_error(exc: AttestationError) -> None:
     print(json.dumps({"error": exc.to_dict()}, indent=2))
     print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-
-
-
-
-
-
-

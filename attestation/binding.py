@@ -96,13 +96,15 @@ def check_binding(
         if doc.public_key is None or not hmac.compare_digest(doc.public_key, spki):
             raise PublicKeyMismatchError(
                 "the document's public_key is not the presented certificate's key",
-                expected=spki, found=doc.public_key,
+                expected=spki,
+                found=doc.public_key,
             )
     elif binding == "evervault":
         if doc.user_data is None or not hmac.compare_digest(doc.user_data, spki):
             raise PublicKeyMismatchError(
                 "the document's user_data is not the presented certificate's key",
-                expected=spki, found=doc.user_data,
+                expected=spki,
+                found=doc.user_data,
             )
     elif binding == "nitriding":
         tls_hash, _ = parse_nitriding_user_data(doc.user_data)
@@ -110,7 +112,8 @@ def check_binding(
         if not any(hmac.compare_digest(tls_hash, h) for h in accepted):
             raise PublicKeyMismatchError(
                 "the document's user_data hashes another TLS certificate",
-                expected=accepted[0], found=tls_hash,
+                expected=accepted[0],
+                found=tls_hash,
             )
     else:
         raise ValueError(f"unknown binding {binding!r}; one of {', '.join(BINDINGS)}")

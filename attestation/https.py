@@ -58,7 +58,8 @@ class Pin:
         if not hmac.compare_digest(cert_der, self.cert_der):
             raise PublicKeyMismatchError(
                 "this connection presents another certificate than the attested one",
-                expected=self.cert_der[:64], found=cert_der[:64],
+                expected=self.cert_der[:64],
+                found=cert_der[:64],
             )
 
 
@@ -93,8 +94,9 @@ class _Stream(httpcore.NetworkStream):
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
 
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
         try:
             self._guard.check(tls, server_hostname, timeout)
@@ -133,9 +135,14 @@ class _Backend(httpcore.NetworkBackend):
         self._inner = httpcore.SyncBackend()
         self._guard = guard
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _Stream(stream, self._guard)
 
@@ -146,13 +153,21 @@ class _Backend(httpcore.NetworkBackend):
 class AttestedTransport(httpx.HTTPTransport):
     """An httpx transport whose connections are attested (first) or pinned (later)."""
 
-    def __init__(self, expect: Expectations | None = None, *, host: str | None = None,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        expect: Expectations | None = None,
+        *,
+        host: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         super().__init__(verify=client_tls_context())
         self.guard = _Guard(expect or Expectations(), host)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=client_tls_context(), max_connections=max_connections,
-            http1=True, http2=False, network_backend=_Backend(self.guard),
+            ssl_context=client_tls_context(),
+            max_connections=max_connections,
+            http1=True,
+            http2=False,
+            network_backend=_Backend(self.guard),
         )
 
     @property
@@ -160,8 +175,9 @@ class AttestedTransport(httpx.HTTPTransport):
         return self.guard.pin
 
 
-def attested_client(base_url: str, expect: Expectations | None = None,
-                    **kwargs: Any) -> httpx.Client:
+def attested_client(
+    base_url: str, expect: Expectations | None = None, **kwargs: Any
+) -> httpx.Client:
     """An ``httpx.Client`` for ``base_url`` over an :class:`AttestedTransport`."""
     transport = AttestedTransport(expect, host=httpx.URL(base_url).netloc.decode())
     client = httpx.Client(base_url=base_url, transport=transport, **kwargs)
@@ -188,8 +204,9 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
 
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
         tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         try:
             await self._guard.check(tls, server_hostname, timeout)
@@ -205,8 +222,9 @@ class _AsyncGuard:
         self.pin = Pin()
         self._lock: asyncio.Lock | None = None
 
-    async def check(self, tls: httpcore.AsyncNetworkStream, sni: str | None,
-                    timeout: float | None) -> None:
+    async def check(
+        self, tls: httpcore.AsyncNetworkStream, sni: str | None, timeout: float | None
+    ) -> None:
         cert = _peer_cert(tls)
         if self.pin.cert_der is not None:
             self.pin.compare(cert)
@@ -220,8 +238,9 @@ class _AsyncGuard:
             nonce = self.expect.new_nonce()
             from ._http_exchange import ResponseParser, get_request
 
-            await tls.write(get_request(_host_header(self.host, sni), self.expect.target(nonce)),
-                            timeout)
+            await tls.write(
+                get_request(_host_header(self.host, sni), self.expect.target(nonce)), timeout
+            )
             parser = ResponseParser()
             while not parser.done:
                 parser.feed(await tls.read(65536, timeout))
@@ -242,12 +261,15 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         self._inner = httpcore.AnyIOBackend()
         self._guard = guard
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None
-                          ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address,
-                                               socket_options)
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _AsyncStream(stream, self._guard)
 
     async def sleep(self, seconds: float) -> None:
@@ -257,13 +279,21 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
 class AsyncAttestedTransport(httpx.AsyncHTTPTransport):
     """The asyncio twin of :class:`AttestedTransport`."""
 
-    def __init__(self, expect: Expectations | None = None, *, host: str | None = None,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        expect: Expectations | None = None,
+        *,
+        host: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         super().__init__(verify=client_tls_context())
         self.guard = _AsyncGuard(expect or Expectations(), host)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=client_tls_context(), max_connections=max_connections,
-            http1=True, http2=False, network_backend=_AsyncBackend(self.guard),
+            ssl_context=client_tls_context(),
+            max_connections=max_connections,
+            http1=True,
+            http2=False,
+            network_backend=_AsyncBackend(self.guard),
         )
 
     @property
@@ -271,8 +301,9 @@ class AsyncAttestedTransport(httpx.AsyncHTTPTransport):
         return self.guard.pin
 
 
-def attested_async_client(base_url: str, expect: Expectations | None = None,
-                          **kwargs: Any) -> httpx.AsyncClient:
+def attested_async_client(
+    base_url: str, expect: Expectations | None = None, **kwargs: Any
+) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for ``base_url`` over an :class:`AsyncAttestedTransport`."""
     transport = AsyncAttestedTransport(expect, host=httpx.URL(base_url).netloc.decode())
     client = httpx.AsyncClient(base_url=base_url, transport=transport, **kwargs)

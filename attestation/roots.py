@@ -8,11 +8,10 @@ passes them explicitly (``roots=[...]``), e.g. ``TestPKI.root_certificate``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes
 
 from .errors import MalformedError, UntrustedRootError
 
@@ -26,7 +25,7 @@ MAX_PEM_SIZE = 64 * 1024
 
 def der_sha256(cert: x509.Certificate) -> str:
     """Hex SHA-256 of a certificate's DER encoding (its fingerprint)."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 def load_root_pem(data: bytes) -> x509.Certificate:

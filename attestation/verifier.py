@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes
 
 from ._chain import DEFAULT_CACHE_SIZE, ChainValidator, make_roots
 from ._cose import es384_verify
@@ -143,7 +143,7 @@ def _verifier_for(roots: Sequence[x509.Certificate] | None) -> Verifier:
             or not all(isinstance(r, x509.Certificate) for r in roots)
         ):
             raise PolicyError("roots must be a sequence of x509.Certificate")
-        key = tuple(r.public_bytes(serialization.Encoding.DER) for r in roots)
+        key = tuple(r.fingerprint(hashes.SHA256()) for r in roots)
         verifier = _shared.get(key)
         if verifier is None:
             # Same cache as the default verifier: cached facts are keyed by certificate
