@@ -339,7 +339,7 @@ def test_backpressure_answers_503_when_saturated(pki: TestPKI, sim_dir: str) -> 
 def test_enclave_round_trip_deadline_is_unavailable(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir,
-                           http=HttpLimits(request_timeout_s=0.3)) as r:
+                           http=HttpLimits.derived(request_timeout_s=0.3)) as r:
             status, body, _ = await r.post("/v1/hold", {"s": 3})
             assert status == 503 and body["error"]["code"] in (
                 "enclave-timeout", "timeout", "deadline-exceeded"  # whichever side fires first
