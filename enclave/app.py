@@ -44,8 +44,8 @@ from attestation.errors import CodedError, Kind, is_code
 
 from ._protocol_base import REQUEST_DEADLINE
 from .clock import ClockError, EnclaveClock
-from .config import NEST_SHARE
 from .config import AppLimits as AppLimits  # defined with the process config (enclave.config)
+from .config import handler_deadline
 from .e2e import E2EError, EnclaveE2EKey
 from .logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
 from .logs import configure_json_logging as configure_json_logging
@@ -277,10 +277,9 @@ class App:
         start = loop.time()
         deadline_s = op.deadline_s or self.limits.default_deadline_s
         outer = REQUEST_DEADLINE.get()  # the caller's deadline, carried on the wire
-        if outer is not None:  # give up first, so the typed answer reaches a caller still waiting
-            left = outer - start
-            margin = min(self.limits.reply_margin_s, left * (1.0 - NEST_SHARE))
-            deadline_s = max(0.001, min(deadline_s, left - margin))
+        # give up first, so the typed answer reaches a caller that still waits
+        left = None if outer is None else outer - start
+        deadline_s = handler_deadline(deadline_s, left, self.limits.reply_margin_s)
         ctx = Context(self, op.name, f"{next(self._ids):x}", start + deadline_s, end_to_end)
         code = "ok"
         deadline = asyncio.timeout(deadline_s)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
+    "MIN_DEADLINE_S",
     "NEST_SHARE",
     "QUEUE_TIMEOUT_S",
     "READ_TIMEOUT_S",
@@ -46,6 +47,7 @@ __all__ = [
     "check_nested",
     "check_positive",
     "derive",
+    "handler_deadline",
 ]
 
 REQUEST_TIMEOUT_S = 30.0
@@ -101,6 +103,20 @@ NEST_SHARE = 0.9
 def derive(given: float | None, historic: float, outer: float) -> float:
     """``given`` when set; else the historic default, capped at NEST_SHARE of ``outer``."""
     return given if given is not None else min(historic, outer * NEST_SHARE)
+
+
+MIN_DEADLINE_S = 0.001
+"""A handler always gets at least this (then answers deadline-exceeded)."""
+
+
+def handler_deadline(own_s: float, left_s: float | None, margin_s: float) -> float:
+    """Seconds a handler gets: its own deadline, cut to the caller's time left (``left_s``,
+    from the wire's ``timeout_ms``; None: no caller deadline) minus the reply margin, or
+    minus a tenth of what is left when that is smaller: always less than ``left_s``."""
+    if left_s is None:
+        return own_s
+    margin = min(margin_s, left_s * (1.0 - NEST_SHARE))
+    return max(MIN_DEADLINE_S, min(own_s, left_s - margin))
 
 
 @dataclass(frozen=True)
