@@ -65,9 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _start(
-    app: object, config: EnclaveConfig, asgi: object = None, args: object = None
-) -> Started | int:
+async def _start(app: object, config: EnclaveConfig, asgi: object = None) -> Started | int:
     from .app import App, log_event
     from .transport import VMADDR_CID_ANY, TransportError, VsockAddress
 
@@ -84,7 +82,7 @@ async def _start(
     if asgi is not None:
         from ._asgi_main import start
 
-        ingress = await start(asgi, app, args)
+        ingress = await start(asgi, app, config)
         if ingress is None:
             server.close()
             return EXIT_LISTEN
@@ -146,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
             print(f"enclave: cannot load ASGI app {args.asgi!r}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    return run_service(lambda: _start(app, config, asgi, args))
+    return run_service(lambda: _start(app, config, asgi))
 
 
 if __name__ == "__main__":

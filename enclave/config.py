@@ -167,6 +167,10 @@ class EnclaveConfig:
         read_timeout_s: A started frame must complete within this; ``None``:
             ``min(10 s, request_timeout_s * 0.9)``.
         max_concurrent: Handler runs at once; ``None``: the app's own (``AppLimits``, 128).
+        ingress_port: vsock port of the ``--asgi`` TLS listener (``None``: 5443).
+        proxy_protocol: ``--asgi`` connections start with a PROXY v2 header.
+        tls_cert: The ``--asgi`` app's own certificate (PEM path, with ``tls_key``).
+        tls_key: Its private key (PEM path, with ``tls_cert``).
     """
 
     port: int = APP_PORT
@@ -176,12 +180,25 @@ class EnclaveConfig:
     queue_timeout_s: float | None = None
     read_timeout_s: float | None = None
     max_concurrent: int | None = None
+    ingress_port: int | None = None
+    proxy_protocol: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
             0 < self.port < 2**32
         ):
             raise ConfigError(f"EnclaveConfig.port must be 1..4294967295, got {self.port!r}")
+        if self.ingress_port is not None and (
+            isinstance(self.ingress_port, bool) or not isinstance(self.ingress_port, int)
+            or not 0 < self.ingress_port < 2**32
+        ):
+            raise ConfigError(
+                f"EnclaveConfig.ingress_port must be 1..4294967295, got {self.ingress_port!r}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("EnclaveConfig.tls_cert and tls_key go together (both or neither)")
         if self.max_concurrent is not None:
             check_positive("EnclaveConfig", "max_concurrent", self.max_concurrent, integer=True)
         for name in ("request_timeout_s", "reply_margin_s", "default_deadline_s",
@@ -255,4 +272,8 @@ class EnclaveConfig:
             request_timeout_s=args.request_timeout,
             default_deadline_s=args.default_deadline,
             max_concurrent=args.max_concurrent,
+            ingress_port=args.ingress_port,
+            proxy_protocol=args.proxy_protocol,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )

@@ -63,6 +63,14 @@ def test_defaults_are_the_historic_values() -> None:
     assert ProxyConfig(enclave=ENCLAVE) == proxy
 
 
+def test_the_enclave_defaults_are_the_protocols() -> None:
+    """enclave.config names the protocol's defaults; they must not drift apart."""
+    from enclave.protocol import ProtocolLimits
+
+    assert ProtocolLimits().request_timeout == REQUEST_TIMEOUT_S
+    assert ProtocolLimits().read_timeout == READ_TIMEOUT_S
+
+
 # ---------------------------------------------------------------- derived deadlines nest
 
 
@@ -129,6 +137,8 @@ def _invalid() -> list[Any]:
         lambda: EnclaveConfig(reply_margin_s=30.0),
         lambda: EnclaveConfig(port=0),
         lambda: EnclaveConfig(max_concurrent=0),
+        lambda: EnclaveConfig(ingress_port=0),
+        lambda: EnclaveConfig(tls_cert="cert.pem"),  # without its key
         lambda: AppLimits(queue_timeout_s=20.0),
         lambda: AppLimits(max_concurrent=-1),
         lambda: HttpLimits(request_timeout_s=0.0),
