@@ -5,7 +5,8 @@ module path away: ``--app mypkg.app:build`` where ``build`` is an ``enclave.app.
 callable returning one. The server listens on ``(VMADDR_CID_ANY, port)`` — in simulation
 (``NITRO_VSOCK_SIM_DIR``) as ``NITRO_VSOCK_SIM_CID``. It prints one JSON ``ready`` line on
 stdout, logs JSON lines on stderr (ids, codes, timings — never payloads) and stops cleanly on
-SIGTERM/SIGINT. Exit codes: 0 stopped, 2 usage or app loading error, 5 cannot listen, 6 no NSM
+SIGTERM/SIGINT. Exit codes: 0 stopped, 2 usage, app loading error or invalid configuration
+(``invalid-config``, ``enclave.config``), 5 cannot listen, 6 no NSM
 (on hardware, i.e. without ``NITRO_VSOCK_SIM_DIR``: neither ``/dev/nsm`` nor ``NITRO_NSM_SOCKET``).
 
 With ``--asgi MODULE:ATTR`` the process also serves that ASGI 3 app over TLS on vsock port
@@ -24,7 +25,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .service import EXIT_LISTEN, EXIT_USAGE, Started, run_service
+from .config import DEFAULT_DEADLINE_S, REQUEST_TIMEOUT_S, ConfigError, EnclaveConfig
+from .service import EXIT_LISTEN, EXIT_USAGE, Started, config_failure, run_service
 from .wire import APP_PORT
 
 DEFAULT_APP = "enclave.handlers:default_app"
@@ -52,18 +54,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="the app's own private key (with --tls-cert)")
     p.add_argument("--proxy-protocol", action="store_true",
                    help="connections start with a PROXY v2 header (parent --proxy-protocol)")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="S",
+                   help="outer deadline of one request; the inner ones derive from it "
+                   f"(default {REQUEST_TIMEOUT_S:g})")
+    p.add_argument("--default-deadline", type=float, default=None, metavar="S",
+                   help="deadline of an operation that declares none (default "
+                   f"min({DEFAULT_DEADLINE_S:g}, request timeout - reply margin))")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="handler runs at once (default: the app's own, 128)")
     return p
 
 
-async def _start(
-    app: object, port: int, asgi: object = None, args: object = None
-) -> Started | int:
+async def _start(app: object, config: EnclaveConfig, asgi: object = None) -> Started | int:
     from .app import App, log_event
     from .transport import VMADDR_CID_ANY, TransportError, VsockAddress
 
     assert isinstance(app, App)
+    port = config.port
     try:
-        server = await app.serve(VsockAddress(VMADDR_CID_ANY, port))
+        server = await app.serve(
+            VsockAddress(VMADDR_CID_ANY, port), protocol_limits=config.protocol_limits()
+        )
     except (TransportError, OSError) as exc:
         print(f"enclave: cannot listen on vsock port {port}: {exc}", file=sys.stderr)
         return EXIT_LISTEN
@@ -71,7 +82,7 @@ async def _start(
     if asgi is not None:
         from ._asgi_main import start
 
-        ingress = await start(asgi, app, args)
+        ingress = await start(asgi, app, config)
         if ingress is None:
             server.close()
             return EXIT_LISTEN
@@ -99,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .logs import configure_json_logging
 
     configure_json_logging(logging.DEBUG if args.debug else logging.INFO)
-    if not 0 < args.port < 2**32:
-        print("enclave: --port must be 1..4294967295", file=sys.stderr)
-        return EXIT_USAGE
+    try:
+        config = EnclaveConfig.from_args(args)
+    except ConfigError as exc:
+        return config_failure("enclave", exc)
     hardware = not os.environ.get("NITRO_VSOCK_SIM_DIR")
     if hardware:
         from ._nsm_device import NSM_DEVICE, NSM_SOCKET_ENV, UNAVAILABLE_MESSAGE
@@ -119,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         print(f"enclave: cannot load app {args.app!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        app.limits = config.app_limits(app.limits)
+    except ConfigError as exc:
+        return config_failure("enclave", exc)
     asgi = None
     if args.asgi:
         from ._asgi_main import load_asgi
@@ -128,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
             print(f"enclave: cannot load ASGI app {args.asgi!r}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    return run_service(lambda: _start(app, args.port, asgi, args))
+    return run_service(lambda: _start(app, config, asgi))
 
 
 if __name__ == "__main__":

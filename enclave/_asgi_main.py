@@ -34,7 +34,10 @@ def _raise_fd_limit() -> None:
 
 
 async def start(asgi: Any, app: Any, args: argparse.Namespace | Any) -> Any:
-    """Make the TLS identity, install the runtime API, start the listener (None: cannot)."""
+    """Make the TLS identity, install the runtime API, start the listener (None: cannot).
+
+    ``args``: the process's ``EnclaveConfig`` (or parsed flags): ``ingress_port``,
+    ``tls_cert``, ``tls_key``, ``proxy_protocol``."""
     from .ingress import DEFAULT_INGRESS_PORT, make_identity, runtime, start_ingress
     from .transport import TransportError
 

@@ -44,6 +44,8 @@ from attestation.errors import CodedError, Kind, is_code
 
 from ._protocol_base import REQUEST_DEADLINE
 from .clock import ClockError, EnclaveClock
+from .config import AppLimits as AppLimits  # defined with the process config (enclave.config)
+from .config import handler_deadline
 from .e2e import E2EError, EnclaveE2EKey
 from .logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
 from .logs import configure_json_logging as configure_json_logging
@@ -81,16 +83,6 @@ def app_user_data(name: str, version: str) -> bytes:
     return hashlib.sha256(
         APP_IDENTITY_LABEL + b"\x00" + name.encode() + b"\x00" + version.encode()
     ).digest()
-
-
-@dataclass(frozen=True)
-class AppLimits:
-    """Bounds applied to every request (an operation may set a shorter deadline)."""
-
-    max_concurrent: int = 128  # handler runs at once, all connections together
-    queue_timeout_s: float = 2.0  # wait for a free slot, then answer "busy"
-    default_deadline_s: float = 15.0  # per request, from arrival to answer
-    blocking_workers: int = 8  # threads for blocking calls (NSM ioctl, boto3)
 
 
 @dataclass(frozen=True)
@@ -285,8 +277,9 @@ class App:
         start = loop.time()
         deadline_s = op.deadline_s or self.limits.default_deadline_s
         outer = REQUEST_DEADLINE.get()  # the caller's deadline, carried on the wire
-        if outer is not None:
-            deadline_s = max(0.001, min(deadline_s, outer - start))
+        # give up first, so the typed answer reaches a caller that still waits
+        left = None if outer is None else outer - start
+        deadline_s = handler_deadline(deadline_s, left, self.limits.reply_margin_s)
         ctx = Context(self, op.name, f"{next(self._ids):x}", start + deadline_s, end_to_end)
         code = "ok"
         deadline = asyncio.timeout(deadline_s)

@@ -29,6 +29,7 @@ __all__ = [
     "EXIT_USAGE",
     "Commands",
     "Started",
+    "config_failure",
     "dispatch",
     "run_service",
     "serve_until_signal",
@@ -77,6 +78,16 @@ def dispatch(prog: str, commands: Commands, argv: Sequence[str] | None = None) -
         print(f"{prog}: {name} is not available in this build", file=sys.stderr)
         return EXIT_USAGE
     return int(module.main(rest) or 0)
+
+
+def config_failure(prog: str, error: Any) -> int:
+    """Report a configuration refused at start-up (a ``ConfigError``: code, kind, message) on
+    stderr, as one line, and give :data:`EXIT_USAGE`: no traceback, nothing started."""
+    code = getattr(error, "code", "invalid-config")
+    kind = getattr(error, "kind", "bad-request")
+    message = getattr(error, "message", str(error))
+    print(f"{prog}: {code} ({kind}): {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 async def _nothing() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from attestation.errors import CodedError, Kind
+from enclave.config import ConfigError, check_nested, check_positive, derive
 from enclave.protocol import RemoteError
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
@@ -44,22 +45,70 @@ STATUS_FOR_KIND: Mapping[str, int] = {
 _DROP_CONNECTION = frozenset({"payload-too-large", "body-timeout"})  # body not read to its end
 
 
+REQUEST_TIMEOUT_S = 15.0
+"""The proxy's outer deadline per forwarded request, from its arrival."""
+BODY_TIMEOUT_S = 10.0
+"""Receiving a whole body (capped by the request deadline when derived)."""
+QUEUE_TIMEOUT_S = 5.0
+"""Waiting for a forwarding slot (capped by the request deadline when derived)."""
+
+
 @dataclass(frozen=True)
 class HttpLimits:
+    """The proxy's HTTP bounds; checked when made (``enclave.config.ConfigError``).
+
+    ``request_timeout_s`` is the one outer deadline of a forwarded request, from its arrival:
+    reading the body, the wait for a slot and the enclave round trip share it, and the enclave
+    is told what remains (``timeout_ms``), so its handler's deadline derives from this one
+    (minus the enclave's reply margin). ``body_timeout_s`` and ``queue_timeout_s`` end before
+    it; :meth:`derived` makes them from it.
+    """
+
     max_body_bytes: int = 2 * 1024 * 1024  # JSON body (base64 makes bytes 4/3 larger)
-    body_timeout_s: float = 10.0  # to receive a whole body once headers arrived
+    body_timeout_s: float = BODY_TIMEOUT_S  # to receive a whole body once headers arrived
     header_timeout_s: float = 10.0  # a connection must send a full request head within this
     lingering_s: float = 1.0  # after an early error, unread body is drained this long, then close
-    request_timeout_s: float = 15.0
-    """The one outer deadline of a forwarded request, from its arrival: the wait for a slot
-    and the enclave round trip share it, and the enclave is told what remains (timeout_ms),
-    so its handler's deadline derives from this one."""
-    health_timeout_s: float = 1.0
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    health_timeout_s: float = 1.0  # the enclave's answer to GET /health (its own deadline)
     max_in_flight: int = 1024  # requests being forwarded at once
     max_waiting: int = 2048  # more requests wait for a slot; beyond: 503 at once
-    queue_timeout_s: float = 5.0  # how long one waits for a slot
+    queue_timeout_s: float = QUEUE_TIMEOUT_S  # how long one waits for a slot
     max_json_depth: int = MAX_JSON_DEPTH  # nesting of a request body (the enclave allows 64)
     max_json_items: int = 65_536  # values in a request body (the enclave's frame allows 2**17)
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_in_flight", "max_json_depth", "max_json_items"):
+            check_positive("HttpLimits", name, getattr(self, name), integer=True)
+        if isinstance(self.max_waiting, bool) or not isinstance(self.max_waiting, int) or (
+            self.max_waiting < 0
+        ):
+            raise ConfigError(f"HttpLimits.max_waiting must be an integer >= 0, "
+                              f"got {self.max_waiting!r}")
+        for name in ("body_timeout_s", "header_timeout_s", "lingering_s", "request_timeout_s",
+                     "health_timeout_s", "queue_timeout_s"):
+            check_positive("HttpLimits", name, getattr(self, name))
+        for inner in ("body_timeout_s", "queue_timeout_s"):
+            check_nested("HttpLimits", inner, getattr(self, inner),
+                         "request_timeout_s", self.request_timeout_s)
+
+    @classmethod
+    def derived(
+        cls,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        *,
+        body_timeout_s: float | None = None,
+        queue_timeout_s: float | None = None,
+        **fields: Any,
+    ) -> HttpLimits:
+        """Limits whose inner deadlines derive from ``request_timeout_s`` (``None``: the
+        default, capped below it); explicit ones must end before it (ConfigError)."""
+        check_positive("HttpLimits", "request_timeout_s", request_timeout_s)
+        return cls(
+            request_timeout_s=request_timeout_s,
+            body_timeout_s=derive(body_timeout_s, BODY_TIMEOUT_S, request_timeout_s),
+            queue_timeout_s=derive(queue_timeout_s, QUEUE_TIMEOUT_S, request_timeout_s),
+            **fields,
+        )
 
 
 class ProxyError(CodedError):
@@ -255,7 +304,8 @@ class ProxyHandlers:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError
-            return await self.pool.request(op, body, timeout=remaining)
+            async with asyncio.timeout_at(deadline):  # the pool's own waits count too
+                return await self.pool.request(op, body, timeout=remaining)
         except RemoteError as exc:
             raise ProxyError(exc.code, exc.message, kind=exc.kind) from None
         except TimeoutError:

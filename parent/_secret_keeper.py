@@ -312,8 +312,12 @@ class KeptPool(EnclavePool):
         if keeper is None or control or op in UNGATED_OPS:
             answer = await super().request(op, body, timeout=timeout, wait=wait, control=control)
         else:
+            start = time.monotonic()
             await self._await_up(wait)
             await keeper.gate(self)
+            timeout -= time.monotonic() - start  # the waits share the caller's deadline
+            if timeout <= 0:
+                raise TimeoutError("no time left after waiting for the secrets to load")
             try:
                 answer = await super().request(op, body, timeout=timeout, wait=wait)
             except RemoteError as exc:

@@ -10,8 +10,10 @@ so this process never holds a key and never sees plaintext. Bounded: at most
 enclave, an idle timeout per connection. ``--proxy-protocol`` sends a PROXY v2 header first
 (the enclave must run with ``--proxy-protocol`` too) so the app sees client addresses.
 
-Prints one JSON ``ready`` line (``url``, ``port``) on stdout. Exit codes: 0 stopped by a
-signal, 2 usage, 5 cannot listen.
+Settings: ``parent.ingress_config.IngressConfig`` (built from these flags, checked at
+start-up). Runs through ``enclave.service.run_service``: one JSON ``ready`` line (``url``,
+``port``) on stdout. Exit codes: 0 stopped by a signal, 2 usage or invalid configuration,
+5 cannot listen.
 """
 
 from __future__ import annotations
@@ -19,40 +21,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import resource
-import signal
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from enclave.config import ConfigError
 from enclave.ingress.proxy_v2 import build_header
-from enclave.service import EXIT_LISTEN, EXIT_USAGE
+from enclave.service import EXIT_LISTEN, Started, config_failure, run_service
 from enclave.transport import TransportError, VsockAddress, open_connection, relay
 from enclave.wire import INGRESS_PORT as DEFAULT_INGRESS_PORT
 
-__all__ = ["EXIT_LISTEN", "Ingress", "IngressLimits", "main"]
+from .ingress_config import IngressConfig, IngressLimits
+
+__all__ = ["EXIT_LISTEN", "Ingress", "IngressConfig", "IngressLimits", "main"]
 
 log = logging.getLogger("parent.ingress")
-
-
-@dataclass(frozen=True)
-class IngressLimits:
-    """Bounds of the parent's ingress relay (counts, seconds, bytes)."""
-
-    max_connections: int = 4096
-    """Connections relayed at once; more are closed at once (and counted as refused)."""
-    backlog: int = 2048
-    """listen() backlog."""
-    connect_timeout_s: float = 5.0
-    """Time to reach the enclave's listener over vsock."""
-    idle_timeout_s: float = 300.0
-    """A connection with no byte either way for this long is closed."""
-    chunk_bytes: int = 256 * 1024
-    """Read size of the relay."""
 
 
 class Ingress:
@@ -156,13 +142,6 @@ def _address(value: object) -> tuple[str, int] | None:
     return None
 
 
-def _split_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--listen expects HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def _parser() -> argparse.ArgumentParser:
     d = IngressLimits()
     p = argparse.ArgumentParser(
@@ -191,44 +170,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="ingress: %(levelname)s %(message)s")
     try:
-        host, port = _split_listen(args.listen)
-        enclave = VsockAddress(args.enclave_cid, args.enclave_port)
-    except (ValueError, TransportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.max_connections < 1 or min(args.connect_timeout, args.idle_timeout) <= 0:
-        print("error: --max-connections and the timeouts must be positive", file=sys.stderr)
-        return EXIT_USAGE
-    limits = IngressLimits(max_connections=args.max_connections,
-                           connect_timeout_s=args.connect_timeout,
-                           idle_timeout_s=args.idle_timeout)
+        config = IngressConfig.from_args(args)
+    except ConfigError as exc:
+        return config_failure("ingress", exc)
     with contextlib.suppress(ValueError, OSError):  # each connection is two descriptors
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ingress = Ingress(enclave, host=host, port=port, limits=limits,
-                      proxy_protocol=args.proxy_protocol)
-    return asyncio.run(_serve(ingress))
+    ingress = Ingress(config.enclave, host=config.host, port=config.port, limits=config.limits,
+                      proxy_protocol=config.proxy_protocol)
+    return run_service(lambda: _start(ingress))
 
 
-async def _serve(ingress: Ingress) -> int:
+async def _start(ingress: Ingress) -> Started | int:
     try:
         await ingress.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", ingress.host, ingress.port, exc.strerror or exc)
         return EXIT_LISTEN
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"event": "ready", "url": ingress.url, "port": ingress.port,
-                      "enclave_cid": ingress.enclave.cid, "enclave_port": ingress.enclave.port,
-                      "pid": os.getpid()}), flush=True)
-    try:
-        await stop.wait()
-    finally:
+
+    async def close() -> None:
         await ingress.close()
         log.info("stopped; connections: %s", ingress.counts())
-    return 0
+
+    ready = {"url": ingress.url, "port": ingress.port, "enclave_cid": ingress.enclave.cid,
+             "enclave_port": ingress.enclave.port}
+    return Started(ready=ready, close=close)
 
 
 if __name__ == "__main__":

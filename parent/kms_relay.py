@@ -17,8 +17,9 @@ sees ciphertext only. Differences from vsock-proxy, on purpose:
   client (vsock-proxy panics the worker);
 - logs connection counts, never bytes.
 
-Exit codes: 0 stopped by a signal, 2 usage, 3 destination not on the allowlist, 4 allowlist
-unreadable or malformed, 5 cannot listen.
+Settings: ``parent.relay_config.RelayConfig`` (built from these flags, checked at start-up).
+Exit codes: 0 stopped by a signal, 2 usage or invalid configuration, 3 destination not on
+the allowlist, 4 allowlist unreadable or malformed, 5 cannot listen.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, run_service
+from enclave.config import ConfigError
+from enclave.service import EXIT_LISTEN, Started, config_failure, run_service
 from enclave.transport import (
     PARENT_CID,
     TransportError,
@@ -53,6 +54,7 @@ from ._allowlist import (
     load_allowlist,
     resolve,
 )
+from .relay_config import RelayConfig, RelayLimits
 
 __all__ = [
     "DEFAULT_LOCAL_PORT",
@@ -60,6 +62,7 @@ __all__ = [
     "EXIT_LISTEN",
     "EXIT_NOT_ALLOWED",
     "KmsRelay",
+    "RelayConfig",
     "RelayLimits",
     "main",
 ]
@@ -69,29 +72,6 @@ EXIT_NOT_ALLOWED = 3
 EXIT_CONFIG = 4
 
 log = logging.getLogger("parent.kms_relay")
-
-
-@dataclass(frozen=True)
-class RelayLimits:
-    """Bounds of the relay (seconds, bytes, counts)."""
-
-    max_connections: int = 1024
-    """Connections piped at once; more are closed at once (and counted as refused)."""
-    backlog: int = 1024
-    """listen() backlog: a burst of this many connects waits for accept (kernel caps it at
-    net.core.somaxconn)."""
-    connect_timeout_s: float = 5.0
-    """Time to open the TCP connection to the remote."""
-    idle_timeout_s: float = 600.0
-    """A connection with no bytes either way for this long is closed."""
-    dns_refresh_s: float = 60.0
-    """Re-resolve the remote name after this long (stand-in for the DNS TTL)."""
-    resolve_timeout_s: float = 5.0
-    """One name resolution."""
-    chunk_bytes: int = 256 * 1024
-    """Read size when piping (vsock-proxy: 8 KiB)."""
-    stats_interval_s: float = 60.0
-    """Connection counts are logged this often when they changed."""
 
 
 class _Destination:
@@ -269,40 +249,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="kms-relay: %(levelname)s %(message)s",
     )
-    if not 0 <= args.local_port < 2**32 or not 0 < args.remote_port < 65536:
-        log.error("ports out of range (local: u32, remote: 1..65535)")
-        return EXIT_USAGE
-    if args.max_connections < 1 or min(args.connect_timeout, args.idle_timeout,
-                                       args.dns_refresh) <= 0:
-        log.error("--max-connections and the timeouts must be positive")
-        return EXIT_USAGE
+    try:
+        config = RelayConfig.from_args(args)
+    except ConfigError as exc:
+        return config_failure("kms-relay", exc)
     if args.num_workers is not None:
         log.info("-w/--num_workers ignored: connections are not limited to a worker pool")
-    family = IpFamily.IPV4 if args.ipv4 else IpFamily.IPV6 if args.ipv6 else IpFamily.ANY
     try:
-        allowlist = load_allowlist(args.config)
-        entry = check_destination(allowlist, args.remote_host, args.remote_port, family=family)
+        allowlist = load_allowlist(config.allowlist)
+        entry = check_destination(
+            allowlist, config.remote_host, config.remote_port, family=config.family
+        )
     except AllowlistError as exc:
         if exc.code == "destination-not-allowed":
             log.error(
                 "refusing to start: %s:%d is not on the allowlist %s (%s)",
-                args.remote_host, args.remote_port, args.config, exc.message,
+                config.remote_host, config.remote_port, config.allowlist, exc.message,
             )
             return EXIT_NOT_ALLOWED
-        log.error("refusing to start: allowlist %s: %s", args.config, exc)
+        log.error("refusing to start: allowlist %s: %s", config.allowlist, exc)
         return EXIT_CONFIG
     log.info("destination allowed by entry %s:%d", entry.address, entry.port)
-    limits = RelayLimits(
-        max_connections=args.max_connections,
-        connect_timeout_s=args.connect_timeout,
-        idle_timeout_s=args.idle_timeout,
-        dns_refresh_s=args.dns_refresh,
-    )
     relay = KmsRelay(
-        args.remote_host, args.remote_port,
-        listen=VsockAddress(args.listen_cid, args.local_port), family=family, limits=limits,
+        config.remote_host, config.remote_port,
+        listen=config.listen, family=config.family, limits=config.limits,
     )
-    if args.metrics_port is not None:
+    if config.metrics_port is not None:
         from ._relay_metrics import serve_relay_metrics
 
         def read() -> dict[str, int]:
@@ -310,9 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "bytes_from_remote": relay.bytes_from_remote}
 
         try:
-            serve_relay_metrics(read, "127.0.0.1", args.metrics_port)
+            serve_relay_metrics(read, "127.0.0.1", config.metrics_port)
         except OSError as exc:
-            log.error("cannot serve metrics on 127.0.0.1:%d: %s", args.metrics_port, exc)
+            log.error("cannot serve metrics on 127.0.0.1:%d: %s", config.metrics_port, exc)
             return EXIT_LISTEN
     return run_service(lambda: _start(relay))
 

@@ -31,23 +31,30 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from enclave.config import ConfigError
 from enclave.logs import configure_json_logging
-from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, run_service, serve_until_signal
-from enclave.transport import TransportError, VsockAddress
+from enclave.service import (
+    EXIT_LISTEN,
+    EXIT_USAGE,
+    Started,
+    config_failure,
+    run_service,
+    serve_until_signal,
+)
 from enclave.wire import APP_PORT
 
 from ._drain import Drainer, DrainLimits
 from ._node_health import node_health
 from ._proxy_conns import ConnectionGate, ConnectionLimits
-from ._proxy_http import HttpLimits, ProxyHandlers, request_context
+from ._proxy_http import BODY_TIMEOUT_S, QUEUE_TIMEOUT_S, HttpLimits, ProxyHandlers, request_context
 from ._proxy_pool import EnclavePool, EnclaveUnavailable, PoolLimits
-from ._secret_keeper import KeeperLimits, KeptPool, SecretKeeper
+from ._secret_keeper import KeptPool, SecretKeeper
 from .metrics import METRICS_PATH, ProxyMetrics
+from .proxy_config import DEFAULT_PORT, ProxyConfig
 from .secret_store import StoreError, open_store
 
 __all__ = [
@@ -64,26 +71,11 @@ __all__ = [
     "run_proxy",
 ]
 
-DEFAULT_PORT = 8080
 DEFAULT_ENCLAVE_PORT = APP_PORT
 SHUTDOWN_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 128  # connections the kernel queues before accept (asyncio default)
 
 log = logging.getLogger("parent.proxy")
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    enclave: VsockAddress
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    http: HttpLimits = field(default_factory=HttpLimits)
-    pool: PoolLimits = field(default_factory=PoolLimits)
-    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
-    secret_store: str | None = None  # directory or s3://bucket/prefix (parent.secret_store)
-    s3_endpoint_url: str | None = None
-    keeper: KeeperLimits = field(default_factory=KeeperLimits)
-    drain: DrainLimits = field(default_factory=DrainLimits)
 
 
 POOL_KEY = web.AppKey("pool", EnclavePool)
@@ -239,11 +231,18 @@ def _parser() -> argparse.ArgumentParser:
                    default=ConnectionLimits().max_per_peer,
                    help="open HTTP connections from one peer address")
     p.add_argument("--max-body", type=int, default=d.max_body_bytes, help="bytes per body")
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                   help="seconds from a request's arrival to its answer: the outer deadline, "
+                   "the inner ones (and the enclave's) derive from it "
+                   f"(default {d.request_timeout_s:g})")
     p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
                    help="seconds a connection may take to send a request head (and idle)")
-    p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
-                   help="seconds to receive a whole body")
+    p.add_argument("--body-timeout", type=float, default=None,
+                   help=f"seconds to receive a whole body (default min({BODY_TIMEOUT_S:g}, "
+                   "0.9 x the request timeout); must be below the request timeout")
+    p.add_argument("--queue-timeout", type=float, default=None,
+                   help=f"seconds a request waits for a forwarding slot (default "
+                   f"min({QUEUE_TIMEOUT_S:g}, 0.9 x the request timeout))")
     p.add_argument("--secret-store", metavar="DIR|s3://BUCKET/PREFIX",
                    help="keep registered secrets (KMS ciphertexts) here; a restarted enclave "
                    "gets them back before it takes traffic")
@@ -260,37 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_json_logging(getattr(logging, args.log_level))
     try:
-        enclave = VsockAddress(args.enclave_cid, args.enclave_port)
-    except TransportError as exc:
-        print(f"proxy: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    timeouts = (args.request_timeout, args.header_timeout, args.body_timeout)
-    counts = (args.pool_size, args.max_in_flight, args.max_body, args.max_connections,
-              args.max_connections_per_peer)
-    if min(counts) < 1 or min(timeouts) <= 0:
-        print("proxy: sizes and timeouts must be positive", file=sys.stderr)
-        return EXIT_USAGE
-    config = ProxyConfig(
-        enclave=enclave,
-        host=args.host,
-        port=args.port,
-        http=HttpLimits(
-            max_body_bytes=args.max_body,
-            max_in_flight=args.max_in_flight,
-            request_timeout_s=args.request_timeout,
-            header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout,
-        ),
-        pool=PoolLimits(size=args.pool_size),
-        connections=ConnectionLimits(
-            max_connections=args.max_connections, max_per_peer=args.max_connections_per_peer
-        ),
-        secret_store=args.secret_store,
-        s3_endpoint_url=args.s3_endpoint_url,
-        drain=DrainLimits(grace_s=max(0.0, args.drain_grace),
-                          deadline_s=max(0.0, args.drain_deadline)),
-    )
-
+        config = ProxyConfig.from_args(args)
+    except ConfigError as exc:
+        return config_failure("proxy", exc)
     return run_service(lambda: start_proxy(config))
 
 

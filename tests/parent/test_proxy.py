@@ -9,6 +9,7 @@ import base64
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -339,13 +340,31 @@ def test_backpressure_answers_503_when_saturated(pki: TestPKI, sim_dir: str) -> 
 def test_enclave_round_trip_deadline_is_unavailable(pki: TestPKI, sim_dir: str) -> None:
     async def go() -> None:
         async with running(make_app(pki), sim_dir,
-                           http=HttpLimits(request_timeout_s=0.3)) as r:
+                           http=HttpLimits.derived(request_timeout_s=0.3)) as r:
             status, body, _ = await r.post("/v1/hold", {"s": 3})
             assert status == 503 and body["error"]["code"] in (
                 "enclave-timeout", "timeout", "deadline-exceeded"  # whichever side fires first
             )
             assert body["error"]["kind"] == "unavailable"
             assert (await r.post("/v1/echo", {"n": 1}))[0] == 200
+
+    asyncio.run(go())
+
+
+def test_the_enclave_gives_up_before_the_proxy(pki: TestPKI, sim_dir: str) -> None:
+    """A handler outlasting the proxy's deadline D: the enclave's typed deadline-exceeded
+    arrives first (its deadline is what remains of D minus its reply margin), within D."""
+    outer = 1.0
+
+    async def go() -> None:
+        async with running(make_app(pki), sim_dir,
+                           http=HttpLimits.derived(request_timeout_s=outer)) as r:
+            for _ in range(3):
+                start = time.monotonic()
+                status, body, _ = await r.post("/v1/hold", {"s": 5})
+                elapsed = time.monotonic() - start
+                assert status == 503 and body["error"]["code"] == "deadline-exceeded", body
+                assert elapsed < outer + 0.5  # generous: a shared, loaded machine
 
     asyncio.run(go())
 
