@@ -29,12 +29,12 @@ from typing import Any
 
 from . import transport
 from ._framing import (
-    FrameDecoder,
     Reply,
     decode_cbor,
     encode_request,
     frame,
     parse_reply,
+    read_frame,
 )
 from ._protocol_base import (
     ERROR_CODES,
@@ -47,7 +47,7 @@ from ._protocol_base import (
     RemoteError,
     RequestTimeoutError,
 )
-from ._protocol_server import READ_CHUNK, Handler, ServerConnection, reject_connection
+from ._protocol_server import Handler, ServerConnection, reject_connection
 
 __all__ = [
     "ERROR_CODES",
@@ -214,26 +214,15 @@ class ProtocolClient:
         return outcome.body
 
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder(self.limits.max_frame)
+        limits = self.limits
         reason = "the server closed the connection"
         try:
-            while True:
-                if decoder.in_frame:
-                    async with asyncio.timeout(self.limits.read_timeout):
-                        data = await self._reader.read(READ_CHUNK)
-                else:
-                    data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    decoder.eof()
-                    break
-                for payload in decoder.feed(data):
-                    self._deliver(
-                        parse_reply(decode_cbor(payload, strict_keys=self.limits.strict_map_keys))
-                    )
+            while (
+                payload := await read_frame(self._reader, limits.max_frame, limits.read_timeout)
+            ) is not None:
+                self._deliver(parse_reply(decode_cbor(payload, strict_keys=limits.strict_map_keys)))
         except FrameError as exc:
             reason = f"the server sent a bad frame: {exc}"
-        except TimeoutError:
-            reason = f"a reply frame did not complete within {self.limits.read_timeout:g} s"
         except asyncio.CancelledError:
             reason = "the client was closed"
         except (ConnectionError, OSError) as exc:
