@@ -113,18 +113,18 @@ async def read_frame(
     once when the first byte shows it is not a frame, else once the header is in),
     frame-too-large (before reading any payload byte), truncated, read-timeout.
     """
-    if wait_s is None:
-        first = await reader.read(1)
-    else:
-        async with asyncio.timeout(wait_s):
-            first = await reader.read(1)
-    if not first:
-        return None
-    problem = _header_problem(first, max_frame)  # HTTP, TLS, ...: refused at once
-    if problem is not None:
-        raise problem
+    frame_started = False
     try:
-        async with asyncio.timeout(read_timeout):
+        # one timer per frame: the wait for its first byte, then rescheduled for the rest
+        async with asyncio.timeout(wait_s) as deadline:
+            first = await reader.read(1)
+            if not first:
+                return None
+            frame_started = True
+            deadline.reschedule(asyncio.get_running_loop().time() + read_timeout)
+            problem = _header_problem(first, max_frame)  # HTTP, TLS, ...: refused at once
+            if problem is not None:
+                raise problem
             length = payload_length(first + await reader.readexactly(HEADER_SIZE - 1), max_frame)
             return await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
@@ -132,6 +132,8 @@ async def read_frame(
             "truncated", f"stream ended inside a frame ({len(exc.partial)} more bytes came)"
         ) from None
     except TimeoutError:
+        if not frame_started:
+            raise  # no frame began within wait_s: the caller's idle policy
         raise FrameError(
             "read-timeout", f"frame not completed within {read_timeout:g} s (read_timeout)"
         ) from None

@@ -153,6 +153,10 @@ class ProtocolClient:
         """True once the connection is gone (requests fail with ConnectionLostError)."""
         return self._lost is not None
 
+    async def wait_closed(self) -> None:
+        """Return once the connection is gone (dropped, broken or closed)."""
+        await asyncio.wait({self._read_task})  # cancelling the caller leaves the reader be
+
     async def request(self, op: str, body: Any = None, *, timeout: float | None = None) -> Any:
         """Send ``op`` with ``body``; return the reply body.
 
