@@ -1,6 +1,7 @@
 """enclave.transport.relay: bytes both ways, half-close, limits; across real processes too.
 
-The relay is read/write/drain on public asyncio API (one path for plain sockets and TLS).
+Each in-process scenario runs twice: on the tap (``set_protocol`` with a BufferedProtocol on
+plain socket transports) and on the copy path (read/write/drain), which TLS uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import pytest
 from _servers.harness import ServerProcess
 
+from enclave import _relay
 from enclave.transport import (
     SIM_CID_ENV,
     SIM_DIR_ENV,
@@ -42,6 +44,20 @@ def sim_dir(tmp_path, monkeypatch):
     for name in (SIM_DIR_ENV, SIM_CID_ENV):
         monkeypatch.delenv(name, raising=False)
     return tmp_path / "vsock"
+
+
+@pytest.fixture(params=["fast", "copy"])
+def path(request, monkeypatch):
+    if request.param == "copy":
+        monkeypatch.setattr(_relay, "_tappable", lambda writer: False)
+    else:
+        original = _relay._tappable
+        taken = []
+        monkeypatch.setattr(_relay, "_tappable", lambda w: taken.append(original(w)) or taken[-1])
+        yield request.param
+        assert taken and all(taken), "the fast path was not taken"
+        return
+    yield request.param
 
 
 class Rig:
@@ -86,7 +102,7 @@ async def echo(reader, writer):
     await writer.drain()
 
 
-def test_relay_moves_bytes_both_ways_and_passes_half_close_on(sim_dir):
+def test_relay_moves_bytes_both_ways_and_passes_half_close_on(sim_dir, path):
     payload = os.urandom(6 * 1024 * 1024 + 12345)
 
     async def scenario():
@@ -112,7 +128,7 @@ def test_relay_moves_bytes_both_ways_and_passes_half_close_on(sim_dir):
     assert stats == RelayStats(len(payload), len(payload), "eof")
 
 
-def test_bytes_and_eof_that_arrived_before_the_relay_started_are_not_lost(sim_dir):
+def test_bytes_and_eof_that_arrived_before_the_relay_started_are_not_lost(sim_dir, path):
     async def scenario():
         async with Rig(sim_dir, echo, delay=0.3) as rig:
             reader, writer = await rig.connect()
@@ -127,7 +143,7 @@ def test_bytes_and_eof_that_arrived_before_the_relay_started_are_not_lost(sim_di
     assert stats.outcome == "eof" and stats.a_to_b == stats.b_to_a == len(b"early bytes")
 
 
-def test_idle_relay_is_closed_after_idle_timeout(sim_dir):
+def test_idle_relay_is_closed_after_idle_timeout(sim_dir, path):
     async def silent(reader, writer):
         await reader.read()
 
@@ -147,7 +163,7 @@ def test_idle_relay_is_closed_after_idle_timeout(sim_dir):
     assert 0.2 < elapsed < 3
 
 
-def test_half_closed_relay_ends_after_half_close_timeout(sim_dir):
+def test_half_closed_relay_ends_after_half_close_timeout(sim_dir, path):
     async def never_closes(reader, writer):
         await reader.read()
         await asyncio.sleep(30)
@@ -163,7 +179,7 @@ def test_half_closed_relay_ends_after_half_close_timeout(sim_dir):
     assert run(scenario()).outcome == "half-close-timeout"
 
 
-def test_a_failing_side_ends_the_relay_and_closes_the_other(sim_dir):
+def test_a_failing_side_ends_the_relay_and_closes_the_other(sim_dir, path):
     async def abort_soon(reader, writer):
         await reader.readexactly(3)
         writer.transport.abort()
@@ -181,7 +197,7 @@ def test_a_failing_side_ends_the_relay_and_closes_the_other(sim_dir):
     assert stats.outcome in {"reset", "eof"} and stats.a_to_b == 3
 
 
-def test_a_sink_that_does_not_read_holds_the_relay_buffer_down(sim_dir):
+def test_a_sink_that_does_not_read_holds_the_relay_buffer_down(sim_dir, path):
     gate = None
 
     async def stalled(reader, writer):
