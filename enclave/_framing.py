@@ -98,45 +98,106 @@ def payload_length(header: bytes, max_frame: int) -> int:
     return length
 
 
+class FrameClock:
+    """The read deadlines of one connection, watched by one lazily re-armed timer.
+
+    ``read_frame`` notes when a frame's first byte came and when the frame ended; the
+    owner sets ``idle_deadline`` (event-loop time, None: not idle). Every ``tick`` seconds
+    (a quarter of the shortest timeout) the timer looks: a frame older than
+    ``read_timeout``, or a passed idle deadline, cancels the watched task, and
+    ``read_frame`` turns that into FrameError read-timeout / idle-timeout. So no timer is
+    set per frame (``asyncio.timeout`` per frame cost 2-3 heap pushes, measured in
+    docs/benchmarks.md §12); a deadline is noticed up to one tick late.
+    """
+
+    __slots__ = (
+        "_frame_start",
+        "_handle",
+        "_loop",
+        "_task",
+        "_tick",
+        "expired",
+        "idle_deadline",
+        "idle_timeout",
+        "read_timeout",
+    )
+
+    def __init__(self, read_timeout: float, idle_timeout: float | None = None) -> None:
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.idle_deadline: float | None = None
+        self.expired: str | None = None  # "read-timeout" / "idle-timeout" once fired
+        self._tick = min(read_timeout, idle_timeout or read_timeout) / 4
+        self._frame_start: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Watch the current task (the one that calls ``read_frame``)."""
+        self._task = asyncio.current_task()
+        self._handle = self._loop.call_later(self._tick, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._frame_start is not None and now - self._frame_start >= self.read_timeout:
+            self.expired = "read-timeout"
+        elif self.idle_deadline is not None and now >= self.idle_deadline:
+            self.expired = "idle-timeout"
+        if self.expired is not None and self._task is not None:
+            self._handle = None
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_later(self._tick, self._check)
+
+    def _timed_out(self) -> FrameError:
+        if self.expired == "idle-timeout":
+            return FrameError(
+                "idle-timeout", f"no request for {self.idle_timeout:g} s (idle_timeout)"
+            )
+        return FrameError(
+            "read-timeout", f"frame not completed within {self.read_timeout:g} s (read_timeout)"
+        )
+
+
 async def read_frame(
-    reader: asyncio.StreamReader,
-    max_frame: int,
-    read_timeout: float,
-    *,
-    wait_s: float | None = None,
+    reader: asyncio.StreamReader, max_frame: int, clock: FrameClock | None = None
 ) -> bytes | None:
     """The next frame's payload, or None when the stream ends cleanly between frames.
 
-    Waits up to ``wait_s`` (None: for ever) for a frame's first byte, else raises the
-    builtin TimeoutError with nothing consumed (the caller's idle policy); from that byte
-    on, the whole frame must arrive within ``read_timeout``. FrameError: bad-frame (at
-    once when the first byte shows it is not a frame, else once the header is in),
-    frame-too-large (before reading any payload byte), truncated, read-timeout.
+    Header, check, payload (``readexactly``). FrameError: bad-frame (at once when the first
+    byte shows it is not a frame, else once the header is in), frame-too-large (before any
+    payload byte is read), truncated; with a started ``clock``, read-timeout and
+    idle-timeout too.
     """
-    frame_started = False
     try:
-        # one timer per frame: the wait for its first byte, then rescheduled for the rest
-        async with asyncio.timeout(wait_s) as deadline:
-            first = await reader.read(1)
-            if not first:
-                return None
-            frame_started = True
-            deadline.reschedule(asyncio.get_running_loop().time() + read_timeout)
-            problem = _header_problem(first, max_frame)  # HTTP, TLS, ...: refused at once
-            if problem is not None:
-                raise problem
-            length = payload_length(first + await reader.readexactly(HEADER_SIZE - 1), max_frame)
-            return await reader.readexactly(length)
+        first = await reader.read(1)
+        if not first:
+            return None
+        if clock is not None:
+            clock._frame_start = clock._loop.time()
+        problem = _header_problem(first, max_frame)  # HTTP, TLS, ...: refused at once
+        if problem is not None:
+            raise problem
+        length = payload_length(first + await reader.readexactly(HEADER_SIZE - 1), max_frame)
+        payload = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         raise FrameError(
             "truncated", f"stream ended inside a frame ({len(exc.partial)} more bytes came)"
         ) from None
-    except TimeoutError:
-        if not frame_started:
-            raise  # no frame began within wait_s: the caller's idle policy
-        raise FrameError(
-            "read-timeout", f"frame not completed within {read_timeout:g} s (read_timeout)"
-        ) from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if clock is None or clock.expired is None or task is None or task.uncancel() > 0:
+            raise  # not (only) the clock's cancellation
+        raise clock._timed_out() from None
+    if clock is not None:
+        clock._frame_start = None
+    return payload
 
 
 # --- CBOR ----------------------------------------------------------------------------------

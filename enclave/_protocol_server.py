@@ -18,6 +18,7 @@ from typing import Any
 from attestation.errors import is_code
 
 from ._framing import (
+    FrameClock,
     FrameError,
     Request,
     decode_cbor,
@@ -59,6 +60,8 @@ class ServerConnection:
         self._last_activity = self._loop.time()
         self._broken = False
         self._linger = False
+        self._reading = False  # the read loop waits in read_frame
+        self._clock: FrameClock | None = None
 
     # --- reading -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -77,33 +80,32 @@ class ServerConnection:
             await self._close()
 
     async def _read_loop(self) -> None:
-        limits, loop = self._limits, self._loop
-        while True:
-            if len(self._tasks) >= limits.max_in_flight:
-                self._slot_free.clear()
-                await self._slot_free.wait()  # backpressure: no reads meanwhile
-                continue
-            await self._drain()  # error replies sent by _dispatch count too: bound the buffer
-            if self._broken:
-                return
-            if self._tasks:
-                wait = limits.idle_timeout  # not idle while requests run; look again later
-            else:
-                wait = max(0.001, self._last_activity + limits.idle_timeout - loop.time())
-            try:
-                payload = await read_frame(
-                    self._reader, limits.max_frame, limits.read_timeout, wait_s=wait
-                )
-            except TimeoutError:  # no frame started within wait
-                if self._tasks or loop.time() - self._last_activity < limits.idle_timeout:
+        limits = self._limits
+        clock = self._clock = FrameClock(limits.read_timeout, limits.idle_timeout)
+        clock.start()
+        try:
+            while True:
+                if len(self._tasks) >= limits.max_in_flight:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()  # backpressure: no reads meanwhile
                     continue
-                raise FrameError(
-                    "idle-timeout", f"no request for {limits.idle_timeout:g} s (idle_timeout)"
-                ) from None
-            if payload is None:
-                return
-            self._last_activity = loop.time()
-            self._dispatch(payload)
+                await self._drain()  # error replies sent by _dispatch count too
+                if self._broken:
+                    return
+                self._reading = True
+                if not self._tasks:  # not idle while requests run (see _done)
+                    clock.idle_deadline = self._last_activity + limits.idle_timeout
+                try:
+                    payload = await read_frame(self._reader, limits.max_frame, clock)
+                finally:
+                    self._reading = False
+                    clock.idle_deadline = None
+                if payload is None:
+                    return
+                self._last_activity = self._loop.time()
+                self._dispatch(payload)
+        finally:
+            clock.stop()
 
     async def _finish_in_flight(self) -> None:
         """The peer finished sending: answer what is in flight, then close."""
@@ -139,6 +141,8 @@ class ServerConnection:
         self._tasks.discard(task)
         self._last_activity = self._loop.time()
         self._slot_free.set()
+        if not self._tasks and self._reading and self._clock is not None:
+            self._clock.idle_deadline = self._last_activity + self._limits.idle_timeout
         if not task.cancelled() and task.exception() is not None:
             logger.error("reply task failed: %s", type(task.exception()).__name__)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import transport
 from ._framing import (
+    FrameClock,
     Reply,
     decode_cbor,
     encode_request,
@@ -219,11 +220,11 @@ class ProtocolClient:
 
     async def _read_loop(self) -> None:
         limits = self.limits
+        clock = FrameClock(limits.read_timeout)
+        clock.start()
         reason = "the server closed the connection"
         try:
-            while (
-                payload := await read_frame(self._reader, limits.max_frame, limits.read_timeout)
-            ) is not None:
+            while (payload := await read_frame(self._reader, limits.max_frame, clock)) is not None:
                 self._deliver(parse_reply(decode_cbor(payload, strict_keys=limits.strict_map_keys)))
         except FrameError as exc:
             reason = f"the server sent a bad frame: {exc}"
@@ -232,6 +233,7 @@ class ProtocolClient:
         except (ConnectionError, OSError) as exc:
             reason = f"the connection failed: {type(exc).__name__}"
         finally:
+            clock.stop()
             if self._server_error is not None:
                 reason = f"the server closed the connection: {self._server_error}"
             self._fail_all(reason)

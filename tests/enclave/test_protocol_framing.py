@@ -14,6 +14,7 @@ from enclave._framing import (
     CBOR_MAX_DEPTH,
     HEADER_SIZE,
     MAGIC,
+    FrameClock,
     decode_cbor,
     encode_error,
     encode_request,
@@ -61,7 +62,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-async def _read_all(chunks, max_frame, out, *, eof=True, read_timeout=5.0):
+async def _read_all(chunks, max_frame, out, *, eof=True):
     """Frames read by ``read_frame`` while ``chunks`` arrive one by one (the reader runs
     between chunks, so every split point is exercised); appended to ``out`` as they come."""
     reader = asyncio.StreamReader()
@@ -75,7 +76,7 @@ async def _read_all(chunks, max_frame, out, *, eof=True, read_timeout=5.0):
 
     feeder = asyncio.ensure_future(feed())
     try:
-        while (payload := await read_frame(reader, max_frame, read_timeout)) is not None:
+        while (payload := await read_frame(reader, max_frame)) is not None:
             out.append(payload)
     finally:
         feeder.cancel()
@@ -162,7 +163,7 @@ def test_oversized_frame_is_refused_at_its_header(length, rest):
         reader.feed_data(header + rest)
         reader.feed_eof()
         with pytest.raises(FrameError) as caught:
-            await read_frame(reader, MAX_FRAME, 5.0)
+            await read_frame(reader, MAX_FRAME)
         assert await reader.read() == rest  # refused before any payload byte was read
         return caught.value
 
@@ -185,7 +186,7 @@ def test_a_stream_that_is_not_frames_is_refused_at_its_first_byte(first_bytes, n
         reader = asyncio.StreamReader()
         reader.feed_data(first_bytes)  # and nothing more, no EOF
         async with asyncio.timeout(1):
-            await read_frame(reader, MAX_FRAME, 30.0)
+            await read_frame(reader, MAX_FRAME)
 
     with pytest.raises(FrameError) as caught:
         asyncio.run(go())
@@ -212,8 +213,11 @@ def test_a_frame_trickling_in_is_cut_at_read_timeout_counted_from_its_first_byte
 
     async def go():
         reader = asyncio.StreamReader()
+        clock = FrameClock(read_timeout=0.2, idle_timeout=60)
+        clock.start()
 
         async def trickle():
+            await asyncio.sleep(0.3)  # waiting for a first byte is not read time
             for i in range(len(data)):
                 reader.feed_data(data[i : i + 1])
                 await asyncio.sleep(0.02)
@@ -223,29 +227,53 @@ def test_a_frame_trickling_in_is_cut_at_read_timeout_counted_from_its_first_byte
         started = loop.time()
         try:
             with pytest.raises(FrameError) as caught:
-                await read_frame(reader, MAX_FRAME, 0.2, wait_s=5.0)
+                await read_frame(reader, MAX_FRAME, clock)
         finally:
             feeder.cancel()
+            clock.stop()
+        assert asyncio.current_task().cancelling() == 0  # the clock's cancel was taken back
         return caught.value, loop.time() - started
 
     error, elapsed = asyncio.run(go())
     assert error.code == "read-timeout"
-    assert 0.15 < elapsed < 2.0  # header and payload share the one read_timeout
+    assert 0.45 < elapsed < 2.0  # 0.3 s idle, then header and payload within one read_timeout
 
 
-def test_no_frame_within_wait_is_a_plain_timeout_that_consumes_nothing():
-    data = b"".join(frame(encode_response(3, "late", strict_keys=True)))
-
+def test_an_idle_deadline_ends_the_wait_for_a_frame():
     async def go():
         reader = asyncio.StreamReader()
-        with pytest.raises(TimeoutError) as caught:
-            await read_frame(reader, MAX_FRAME, 5.0, wait_s=0.05)
-        assert not isinstance(caught.value, FrameError)
-        reader.feed_data(data)  # a frame arriving later is read whole
-        return await read_frame(reader, MAX_FRAME, 5.0, wait_s=0.05)
+        clock = FrameClock(read_timeout=5.0, idle_timeout=0.2)
+        clock.idle_deadline = asyncio.get_running_loop().time() + 0.2
+        clock.start()
+        try:
+            with pytest.raises(FrameError) as caught:
+                await read_frame(reader, MAX_FRAME, clock)
+        finally:
+            clock.stop()
+        return caught.value
 
-    payload = asyncio.run(go())
-    assert parse_reply(decode_cbor(payload)).body == "late"
+    assert asyncio.run(go()).code == "idle-timeout"
+
+
+def test_a_cancellation_not_from_the_clock_stays_a_cancellation():
+    async def go():
+        reader = asyncio.StreamReader()
+
+        async def read_with_clock():
+            clock = FrameClock(read_timeout=5.0, idle_timeout=5.0)
+            clock.start()
+            try:
+                return await read_frame(reader, MAX_FRAME, clock)
+            finally:
+                clock.stop()
+
+        task = asyncio.ensure_future(read_with_clock())
+        await asyncio.sleep(0.05)
+        task.cancel()  # e.g. the server shutting down: not a read-timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
 
 
 @PROPERTY
