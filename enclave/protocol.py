@@ -37,6 +37,7 @@ from ._framing import (
     parse_reply,
     read_frame,
 )
+from ._malloc import keep_reads_off_mmap
 from ._protocol_base import (
     ERROR_CODES,
     PROTOCOL_VERSION,
@@ -82,6 +83,7 @@ async def serve(
     Returns the listening server; ``close()`` + ``wait_closed()`` stop it.
     """
     limits = limits or ProtocolLimits()
+    keep_reads_off_mmap()
     table = dict(handlers)
     for op, handler in table.items():
         if not isinstance(op, str) or not callable(handler):
@@ -122,6 +124,7 @@ class ProtocolClient:
         limits: ProtocolLimits | None = None,
     ) -> None:
         self.limits = limits or ProtocolLimits()
+        keep_reads_off_mmap()
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
