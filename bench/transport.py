@@ -500,8 +500,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--sim-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="rounds per row")
+    parser.add_argument("--deadline", type=int, default=DEADLINE_S,
+                        help="seconds before the watchdog stops the run (raise it under load)")
     args = parser.parse_args()
     if args.role:
         run_role(args)
     else:
+        REPEATS, DEADLINE_S = args.repeats, args.deadline
         sys.exit(main())

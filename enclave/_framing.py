@@ -5,12 +5,14 @@ The payload is exactly one CBOR data item of ``length`` bytes: a request map
 ``{"id", "op", "body", ?"timeout_ms"}`` or a reply map ``{"id", "body"}`` /
 ``{"id", "error": {"code", "kind", "message"}}``.
 
-Everything here is sans-I/O: ``FrameDecoder.feed(bytes) -> [payload, ...]`` and the
-encode/parse functions. Every failure is a ``FrameError`` with a stable code.
+``read_frame`` reads one frame from a StreamReader (``readexactly``: header, limit check,
+payload); the encode/parse functions are sans-I/O. Every failure is a ``FrameError`` with a
+stable code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass, replace
 from typing import Any
@@ -86,96 +88,116 @@ def _header_problem(prefix: bytes, max_frame: int) -> FrameError | None:
     return None
 
 
-class FrameDecoder:
-    """Splits a byte stream into frame payloads; feed it whatever arrives.
+def payload_length(header: bytes, max_frame: int) -> int:
+    """The payload length a complete 8-byte header announces; FrameError when the header is
+    bad or the length is 0 or over ``max_frame`` (so no payload byte is read for it)."""
+    problem = _header_problem(header, max_frame)
+    if problem is not None:
+        raise problem
+    length: int = HEADER.unpack(header)[3]
+    return length
 
-    ``feed(data)`` returns the payloads completed by ``data`` (each ``bytes``) or raises
-    FrameError; after an error the decoder is spent and raises it again. ``eof()`` checks
-    that the stream did not stop inside a frame. Memory held is at most one frame.
+
+class FrameClock:
+    """The read deadlines of one connection, watched by one lazily re-armed timer.
+
+    ``read_frame`` notes when a frame's first byte came and when the frame ended; the
+    owner sets ``idle_deadline`` (event-loop time, None: not idle). Every ``tick`` seconds
+    (a quarter of the shortest timeout) the timer looks: a frame older than
+    ``read_timeout``, or a passed idle deadline, cancels the watched task, and
+    ``read_frame`` turns that into FrameError read-timeout / idle-timeout. So no timer is
+    set per frame (``asyncio.timeout`` per frame cost 2-3 heap pushes, measured in
+    docs/benchmarks.md §12); a deadline is noticed up to one tick late.
     """
 
-    __slots__ = ("_error", "_have", "_length", "_max_frame", "_parts")
+    __slots__ = (
+        "_frame_start",
+        "_handle",
+        "_loop",
+        "_task",
+        "_tick",
+        "expired",
+        "idle_deadline",
+        "idle_timeout",
+        "read_timeout",
+    )
 
-    def __init__(self, max_frame: int) -> None:
-        self._max_frame = max_frame
-        self._parts: list[memoryview] = []
-        self._have = 0  # bytes held in _parts
-        self._length = -1  # payload length of the current frame; -1 while reading a header
-        self._error: FrameError | None = None
+    def __init__(self, read_timeout: float, idle_timeout: float | None = None) -> None:
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.idle_deadline: float | None = None
+        self.expired: str | None = None  # "read-timeout" / "idle-timeout" once fired
+        self._tick = min(read_timeout, idle_timeout or read_timeout) / 4
+        self._frame_start: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
 
-    @property
-    def in_frame(self) -> bool:
-        """True when part of a frame has arrived and the rest has not."""
-        return self._have > 0 or self._length >= 0
+    def start(self) -> None:
+        """Watch the current task (the one that calls ``read_frame``)."""
+        self._task = asyncio.current_task()
+        self._handle = self._loop.call_later(self._tick, self._check)
 
-    def _fail(self, error: FrameError) -> FrameError:
-        self._error = error
-        self._parts.clear()
-        return error
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
-    def _take(self, view: memoryview, pos: int, need: int) -> bytes:
-        """The ``need`` bytes completing the held parts, joined (one copy)."""
-        if not self._have:
-            return bytes(view[pos : pos + need])
-        self._parts.append(view[pos : pos + need])
-        joined = b"".join(self._parts)
-        self._parts.clear()
-        self._have = 0
-        return joined
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._frame_start is not None and now - self._frame_start >= self.read_timeout:
+            self.expired = "read-timeout"
+        elif self.idle_deadline is not None and now >= self.idle_deadline:
+            self.expired = "idle-timeout"
+        if self.expired is not None and self._task is not None:
+            self._handle = None
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_later(self._tick, self._check)
 
-    def _hold(self, view: memoryview, pos: int) -> None:
-        if pos < len(view):
-            self._parts.append(view[pos:])
-            self._have += len(view) - pos
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self._error is not None:
-            raise self._error
-        if not isinstance(data, bytes):
-            data = bytes(data)  # held views must not change under us
-        view = memoryview(data)
-        size = len(view)
-        pos = 0
-        out: list[bytes] = []
-        while pos < size:
-            if self._length < 0:
-                need = HEADER_SIZE - self._have
-                if size - pos < need:
-                    prefix = b"".join(self._parts) + bytes(view[pos:])
-                    problem = _header_problem(prefix, self._max_frame)
-                    if problem is not None:
-                        raise self._fail(problem)
-                    self._hold(view, pos)
-                    return out
-                header = self._take(view, pos, need)
-                pos += need
-                problem = _header_problem(header, self._max_frame)
-                if problem is not None:
-                    raise self._fail(problem)
-                self._length = HEADER.unpack(header)[3]
-            need = self._length - self._have
-            if size - pos < need:
-                self._hold(view, pos)
-                return out
-            if pos == 0 and need == size and not self._have:
-                out.append(data)  # the chunk is exactly one payload: no copy
-            else:
-                out.append(self._take(view, pos, need))
-            pos += need
-            self._length = -1
-        return out
-
-    def eof(self) -> None:
-        """The stream ended: raise ``truncated`` if it ended inside a frame."""
-        if self._error is not None:
-            raise self._error
-        if self.in_frame:
-            state = (
-                f"{self._have} of {HEADER_SIZE} header bytes"
-                if self._length < 0
-                else f"{self._have} of {self._length} payload bytes"
+    def _timed_out(self) -> FrameError:
+        if self.expired == "idle-timeout":
+            return FrameError(
+                "idle-timeout", f"no request for {self.idle_timeout:g} s (idle_timeout)"
             )
-            raise self._fail(FrameError("truncated", f"stream ended inside a frame ({state})"))
+        return FrameError(
+            "read-timeout", f"frame not completed within {self.read_timeout:g} s (read_timeout)"
+        )
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, max_frame: int, clock: FrameClock | None = None
+) -> bytes | None:
+    """The next frame's payload, or None when the stream ends cleanly between frames.
+
+    Header, check, payload (``readexactly``). FrameError: bad-frame (at once when the first
+    byte shows it is not a frame, else once the header is in), frame-too-large (before any
+    payload byte is read), truncated; with a started ``clock``, read-timeout and
+    idle-timeout too.
+    """
+    try:
+        first = await reader.read(1)
+        if not first:
+            return None
+        if clock is not None:
+            clock._frame_start = clock._loop.time()
+        problem = _header_problem(first, max_frame)  # HTTP, TLS, ...: refused at once
+        if problem is not None:
+            raise problem
+        length = payload_length(first + await reader.readexactly(HEADER_SIZE - 1), max_frame)
+        payload = await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise FrameError(
+            "truncated", f"stream ended inside a frame ({len(exc.partial)} more bytes came)"
+        ) from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if clock is None or clock.expired is None or task is None or task.uncancel() > 0:
+            raise  # not (only) the clock's cancellation
+        raise clock._timed_out() from None
+    if clock is not None:
+        clock._frame_start = None
+    return payload
 
 
 # --- CBOR ----------------------------------------------------------------------------------

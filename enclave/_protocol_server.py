@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from attestation.errors import is_code
 
 from ._framing import (
-    FrameDecoder,
+    FrameClock,
     FrameError,
     Request,
     decode_cbor,
@@ -28,6 +27,7 @@ from ._framing import (
     frame,
     parse_request,
     peek_request_id,
+    read_frame,
 )
 from ._protocol_base import REQUEST_DEADLINE, HandlerError, ProtocolLimits
 
@@ -60,6 +60,8 @@ class ServerConnection:
         self._last_activity = self._loop.time()
         self._broken = False
         self._linger = False
+        self._reading = False  # the read loop waits in read_frame
+        self._clock: FrameClock | None = None
 
     # --- reading -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -78,56 +80,32 @@ class ServerConnection:
             await self._close()
 
     async def _read_loop(self) -> None:
-        limits, loop = self._limits, self._loop
-        decoder = FrameDecoder(limits.max_frame)
-        queue: deque[bytes] = deque()
-        frame_wait = 0.0  # time spent waiting for the rest of the current frame
-        while True:
-            while queue:
+        limits = self._limits
+        clock = self._clock = FrameClock(limits.read_timeout, limits.idle_timeout)
+        clock.start()
+        try:
+            while True:
                 if len(self._tasks) >= limits.max_in_flight:
                     self._slot_free.clear()
                     await self._slot_free.wait()  # backpressure: no reads meanwhile
                     continue
-                self._dispatch(queue.popleft())
-            await self._drain()  # error replies sent by _dispatch count too: bound the buffer
-            if self._broken:
-                return
-            if decoder.in_frame:
-                timeout = limits.read_timeout - frame_wait
-                if timeout <= 0:
-                    raise self._read_timeout()
-            elif self._tasks:
-                timeout = limits.idle_timeout  # not idle while requests run; look again later
-            else:
-                timeout = max(0.001, self._last_activity + limits.idle_timeout - loop.time())
-            started = loop.time()
-            try:
-                async with asyncio.timeout(timeout):
-                    data = await self._reader.read(READ_CHUNK)
-            except TimeoutError:
-                if decoder.in_frame:
-                    raise self._read_timeout() from None
-                if self._tasks or loop.time() - self._last_activity < limits.idle_timeout:
-                    continue
-                raise FrameError(
-                    "idle-timeout", f"no request for {limits.idle_timeout:g} s (idle_timeout)"
-                ) from None
-            if decoder.in_frame:
-                frame_wait += loop.time() - started
-            if not data:
-                decoder.eof()  # raises "truncated" inside a frame
-                return
-            self._last_activity = loop.time()
-            payloads = decoder.feed(data)
-            if payloads or not decoder.in_frame:
-                frame_wait = 0.0
-            queue.extend(payloads)
-
-    def _read_timeout(self) -> FrameError:
-        return FrameError(
-            "read-timeout",
-            f"frame not completed within {self._limits.read_timeout:g} s (read_timeout)",
-        )
+                await self._drain()  # error replies sent by _dispatch count too
+                if self._broken:
+                    return
+                self._reading = True
+                if not self._tasks:  # not idle while requests run (see _done)
+                    clock.idle_deadline = self._last_activity + limits.idle_timeout
+                try:
+                    payload = await read_frame(self._reader, limits.max_frame, clock)
+                finally:
+                    self._reading = False
+                    clock.idle_deadline = None
+                if payload is None:
+                    return
+                self._last_activity = self._loop.time()
+                self._dispatch(payload)
+        finally:
+            clock.stop()
 
     async def _finish_in_flight(self) -> None:
         """The peer finished sending: answer what is in flight, then close."""
@@ -163,6 +141,8 @@ class ServerConnection:
         self._tasks.discard(task)
         self._last_activity = self._loop.time()
         self._slot_free.set()
+        if not self._tasks and self._reading and self._clock is not None:
+            self._clock.idle_deadline = self._last_activity + self._limits.idle_timeout
         if not task.cancelled() and task.exception() is not None:
             logger.error("reply task failed: %s", type(task.exception()).__name__)
 

@@ -29,13 +29,15 @@ from typing import Any
 
 from . import transport
 from ._framing import (
-    FrameDecoder,
+    FrameClock,
     Reply,
     decode_cbor,
     encode_request,
     frame,
     parse_reply,
+    read_frame,
 )
+from ._malloc import keep_reads_off_mmap
 from ._protocol_base import (
     ERROR_CODES,
     PROTOCOL_VERSION,
@@ -47,7 +49,7 @@ from ._protocol_base import (
     RemoteError,
     RequestTimeoutError,
 )
-from ._protocol_server import READ_CHUNK, Handler, ServerConnection, reject_connection
+from ._protocol_server import Handler, ServerConnection, reject_connection
 
 __all__ = [
     "ERROR_CODES",
@@ -81,6 +83,7 @@ async def serve(
     Returns the listening server; ``close()`` + ``wait_closed()`` stop it.
     """
     limits = limits or ProtocolLimits()
+    keep_reads_off_mmap()
     table = dict(handlers)
     for op, handler in table.items():
         if not isinstance(op, str) or not callable(handler):
@@ -121,6 +124,7 @@ class ProtocolClient:
         limits: ProtocolLimits | None = None,
     ) -> None:
         self.limits = limits or ProtocolLimits()
+        keep_reads_off_mmap()
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
@@ -152,6 +156,10 @@ class ProtocolClient:
     def closed(self) -> bool:
         """True once the connection is gone (requests fail with ConnectionLostError)."""
         return self._lost is not None
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is gone (dropped, broken or closed)."""
+        await asyncio.wait({self._read_task})  # cancelling the caller leaves the reader be
 
     async def request(self, op: str, body: Any = None, *, timeout: float | None = None) -> Any:
         """Send ``op`` with ``body``; return the reply body.
@@ -214,31 +222,21 @@ class ProtocolClient:
         return outcome.body
 
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder(self.limits.max_frame)
+        limits = self.limits
+        clock = FrameClock(limits.read_timeout)
+        clock.start()
         reason = "the server closed the connection"
         try:
-            while True:
-                if decoder.in_frame:
-                    async with asyncio.timeout(self.limits.read_timeout):
-                        data = await self._reader.read(READ_CHUNK)
-                else:
-                    data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    decoder.eof()
-                    break
-                for payload in decoder.feed(data):
-                    self._deliver(
-                        parse_reply(decode_cbor(payload, strict_keys=self.limits.strict_map_keys))
-                    )
+            while (payload := await read_frame(self._reader, limits.max_frame, clock)) is not None:
+                self._deliver(parse_reply(decode_cbor(payload, strict_keys=limits.strict_map_keys)))
         except FrameError as exc:
             reason = f"the server sent a bad frame: {exc}"
-        except TimeoutError:
-            reason = f"a reply frame did not complete within {self.limits.read_timeout:g} s"
         except asyncio.CancelledError:
             reason = "the client was closed"
         except (ConnectionError, OSError) as exc:
             reason = f"the connection failed: {type(exc).__name__}"
         finally:
+            clock.stop()
             if self._server_error is not None:
                 reason = f"the server closed the connection: {self._server_error}"
             self._fail_all(reason)

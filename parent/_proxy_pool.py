@@ -1,10 +1,15 @@
-"""A pool of protocol connections to the enclave that heals itself when the enclave restarts.
+"""Connections to the enclave that heal themselves when the enclave restarts.
 
-Each of ``size`` slots holds one ``ProtocolClient`` (many requests in flight per connection).
-A supervisor task per slot connects, and after a failure reconnects with exponential backoff.
-A request that fails for a connection reason (not a typed answer from the enclave) marks its
-slot broken; a heartbeat (``health``) finds connections that died while idle. When no slot is
-connected the pool is *down* and requests fail at once with ``enclave-unavailable``.
+``size`` multiplexed ``ProtocolClient`` connections carry requests (round robin); one more,
+the *control* connection, carries only health probes and ``describe``, so a saturated pool
+(64 requests in flight on each connection) never makes the enclave look down
+(tests/parent/test_proxy.py::test_health_is_not_stuck_behind_a_saturated_pool).
+
+Each connection has a supervisor task: connect, wait until the connection is lost (the
+client's read loop sees EOF or an error) or a request failed on it for a connection reason,
+then reconnect with ``enclave.retry.backoff``. No heartbeat: the request path and the
+connection's own read loop are what tell a dead connection. When no request connection is
+up, a request waits ``available_wait_s`` for one, then fails with ``enclave-unavailable``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from enclave.transport import VsockAddress
 
 log = logging.getLogger("parent.proxy")
 
+CLOSE_TIMEOUT_S = 1.0  # closing one dropped connection
+
 
 class EnclaveUnavailable(CodedError):
     """No usable connection to the enclave (it is down, restarting, or the link broke)."""
@@ -34,66 +41,43 @@ class EnclaveUnavailable(CodedError):
 
 @dataclass(frozen=True)
 class PoolLimits:
-    size: int = 4  # connections to the enclave
+    size: int = 4  # request connections to the enclave (plus one control connection)
     connect_deadline_s: float = 1.0  # one connect call (the transport retries inside it)
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 1.0
-    heartbeat_s: float = 1.0  # idle connections are checked this often
-    heartbeat_timeout_s: float = 2.0
     available_wait_s: float = 0.5  # a request waits this long for a connection, then fails
     max_frame: int = ProtocolLimits().max_frame  # largest request/answer on a connection
-
-
-async def _default_connector(
-    address: VsockAddress, deadline: float, limits: ProtocolLimits
-) -> Any:
-    return await ProtocolClient.connect(address, deadline=deadline, limits=limits)
 
 
 class _Slot:
     def __init__(self, index: int) -> None:
         self.index = index
-        self.client: Any = None
-        self.broken = asyncio.Event()
-        self.in_flight = 0
+        self.client: ProtocolClient | None = None
+        self.broken = asyncio.Event()  # a request failed on this connection
 
     def usable(self) -> bool:
-        if self.client is None or self.broken.is_set():
-            return False
-        if getattr(self.client, "closed", False):  # the peer went away: EOF already seen
-            self.broken.set()
-            return False
-        return True
+        return self.client is not None and not self.client.closed and not self.broken.is_set()
 
 
 class EnclavePool:
-    """Connections to one enclave address; ``request`` picks a live one (round robin).
-
-    One more connection, the *control* connection, carries only health probes and
-    ``describe``: a saturated pool never makes the enclave look down.
-    """
+    """Connections to one enclave address; ``request`` picks a live one (round robin)."""
 
     def __init__(
         self,
         address: VsockAddress,
         *,
         limits: PoolLimits | None = None,
-        connector: Callable[[VsockAddress, float, ProtocolLimits], Awaitable[Any]] = (
-            _default_connector
-        ),
-        on_connect: Callable[[Any], Awaitable[None]] | None = None,
+        on_connect: Callable[[EnclavePool], Awaitable[None]] | None = None,
     ) -> None:
         self.address = address
         self.limits = limits or PoolLimits()
-        self._connector = connector
-        self._on_connect = on_connect
+        self._on_connect = on_connect  # run each time the control connection (re)connects
         self._protocol_limits = ProtocolLimits(max_frame=self.limits.max_frame)
         self._slots = [_Slot(i) for i in range(self.limits.size)]
         self._control = _Slot(-1)
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._rr = itertools.count()
         self._changed = asyncio.Event()
-        self._closing = False
         self.connects = 0
         self.disconnects = 0
 
@@ -103,17 +87,15 @@ class EnclavePool:
 
     @property
     def up(self) -> bool:
-        """At least one connection to the enclave is usable."""
+        """At least one request connection to the enclave is usable."""
         return self.connected > 0
 
     async def start(self) -> None:
         self._tasks = [
             asyncio.ensure_future(self._supervise(s)) for s in (*self._slots, self._control)
         ]
-        self._tasks.append(asyncio.ensure_future(self._heartbeat()))
 
     async def close(self) -> None:
-        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -126,18 +108,18 @@ class EnclavePool:
         client, slot.client = slot.client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 1.0)
+                await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
 
-    async def _supervise(self, slot: _Slot) -> None:
+    async def _connect(self, slot: _Slot) -> ProtocolClient:
         attempt = 0
-        while not self._closing:
+        while True:
             try:
-                client = await self._connector(
-                    self.address, self.limits.connect_deadline_s, self._protocol_limits
+                return await ProtocolClient.connect(
+                    self.address,
+                    deadline=self.limits.connect_deadline_s,
+                    limits=self._protocol_limits,
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # TransportError, OSError: retried with backoff
                 attempt += 1
                 if attempt == 1:
                     log.warning(
@@ -145,10 +127,12 @@ class EnclavePool:
                         extra={"fields": {"slot": slot.index,
                                           "code": getattr(exc, "code", type(exc).__name__)}},
                     )
-                delay = backoff(attempt, self.limits.backoff_initial_s, self.limits.backoff_max_s)
-                await asyncio.sleep(delay)
-                continue
-            attempt = 0
+                lim = self.limits
+                await asyncio.sleep(backoff(attempt, lim.backoff_initial_s, lim.backoff_max_s))
+
+    async def _supervise(self, slot: _Slot) -> None:
+        while True:
+            client = await self._connect(slot)
             slot.broken.clear()
             slot.client = client
             self.connects += 1
@@ -157,29 +141,18 @@ class EnclavePool:
                 with contextlib.suppress(Exception):
                     await self._on_connect(self)
             self._changed.set()
-            await slot.broken.wait()
+            watchers = {
+                asyncio.ensure_future(slot.broken.wait()),
+                asyncio.ensure_future(client.wait_closed()),
+            }
+            try:
+                await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for watcher in watchers:
+                    watcher.cancel()
             self.disconnects += 1
             log.warning("enclave-disconnected", extra={"fields": {"slot": slot.index}})
             await self._drop(slot)
-
-    async def _heartbeat(self) -> None:
-        """Probe idle connections; a busy one proves itself (a dead one fails its requests
-        as soon as the EOF is read), so a slow or saturated enclave is never cut off."""
-        while not self._closing:
-            await asyncio.sleep(self.limits.heartbeat_s)
-            for slot in (*self._slots, self._control):
-                if not slot.usable() or slot.in_flight:
-                    continue
-                client = slot.client
-                try:
-                    await client.request("health", {}, timeout=self.limits.heartbeat_timeout_s)
-                except RemoteError:
-                    pass  # the enclave answered: the connection works
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    if slot.client is client and not slot.in_flight:
-                        slot.broken.set()
 
     def _pick(self) -> _Slot | None:
         live = [s for s in self._slots if s.usable()]
@@ -211,21 +184,18 @@ class EnclavePool:
             slot = self._control
         if slot is None:
             slot = await self._wait_for_slot(self.limits.available_wait_s if wait else 0.0)
-        if slot is None:
+        if slot is None or slot.client is None:
             raise EnclaveUnavailable(
                 "enclave-unavailable", f"no connection to the enclave at {self.address}"
             )
         client = slot.client
-        slot.in_flight += 1
         try:
             return await client.request(op, body, timeout=timeout)
         except RemoteError as exc:
             if exc.code == "timeout":
                 raise TimeoutError(exc.message) from None
             raise
-        except TimeoutError:
-            raise
-        except asyncio.CancelledError:
+        except TimeoutError:  # RequestTimeoutError included: no answer in time
             raise
         except ProtocolError as exc:
             if exc.code != "connection-lost":  # refused before sending (frame-too-large, ...)
@@ -242,5 +212,3 @@ class EnclavePool:
             raise EnclaveUnavailable(
                 "enclave-unavailable", f"the connection to the enclave failed ({code})"
             ) from None
-        finally:
-            slot.in_flight -= 1

@@ -1,7 +1,8 @@
-"""The wire format (enclave._framing): properties of the decoder and the message rules."""
+"""The wire format (enclave._framing): properties of ``read_frame`` and the message rules."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import cbor2
@@ -13,7 +14,7 @@ from enclave._framing import (
     CBOR_MAX_DEPTH,
     HEADER_SIZE,
     MAGIC,
-    FrameDecoder,
+    FrameClock,
     decode_cbor,
     encode_error,
     encode_request,
@@ -21,6 +22,7 @@ from enclave._framing import (
     frame,
     parse_reply,
     parse_request,
+    read_frame,
 )
 from enclave.protocol import ERROR_CODES, FrameError, ProtocolLimits
 
@@ -60,12 +62,30 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
+async def _read_all(chunks, max_frame, out, *, eof=True):
+    """Frames read by ``read_frame`` while ``chunks`` arrive one by one (the reader runs
+    between chunks, so every split point is exercised); appended to ``out`` as they come."""
+    reader = asyncio.StreamReader()
+
+    async def feed():
+        for chunk in chunks:
+            reader.feed_data(chunk)
+            await asyncio.sleep(0)
+        if eof:
+            reader.feed_eof()
+
+    feeder = asyncio.ensure_future(feed())
+    try:
+        while (payload := await read_frame(reader, max_frame)) is not None:
+            out.append(payload)
+    finally:
+        feeder.cancel()
+    return reader
+
+
 def decode_all(chunks, max_frame=MAX_FRAME):
-    decoder = FrameDecoder(max_frame)
-    out = []
-    for chunk in chunks:
-        out.extend(decoder.feed(chunk))
-    decoder.eof()
+    out: list[bytes] = []
+    asyncio.run(_read_all(chunks, max_frame, out))
     return out
 
 
@@ -97,17 +117,12 @@ def test_byte_at_a_time_decodes_the_same(messages):
 @PROPERTY
 @given(st.binary(max_size=600), st.lists(st.integers(0, 10**4), max_size=10))
 def test_garbage_raises_only_the_typed_error(garbage, cuts):
-    decoder = FrameDecoder(MAX_FRAME)
     try:
-        for chunk in split(garbage, cuts):
-            for payload in decoder.feed(chunk):
-                parse_request(decode_cbor(payload))
-        decoder.eof()
+        for payload in decode_all(split(garbage, cuts)):
+            parse_request(decode_cbor(payload))
     except FrameError as error:
         assert error.code in ERROR_CODES
         assert error.message
-        with pytest.raises(FrameError):  # a spent decoder stays spent
-            decoder.feed(b"NE\x01\x00")
 
 
 @PROPERTY
@@ -131,11 +146,10 @@ def test_a_stream_cut_inside_a_frame_is_truncated(messages, data):
         offset += HEADER_SIZE + len(p)
         boundaries.add(offset)
     cut = data.draw(st.integers(1, len(stream) - 1).filter(lambda c: c not in boundaries))
-    decoder = FrameDecoder(MAX_FRAME)
-    complete = decoder.feed(stream[:cut])
-    assert complete == payloads[: len(complete)]
+    complete: list[bytes] = []
     with pytest.raises(FrameError) as caught:
-        decoder.eof()
+        asyncio.run(_read_all([stream[:cut]], MAX_FRAME, complete))
+    assert complete == payloads[: len(complete)]
     assert caught.value.code == "truncated"
 
 
@@ -143,11 +157,19 @@ def test_a_stream_cut_inside_a_frame_is_truncated(messages, data):
 @given(st.integers(MAX_FRAME + 1, 2**32 - 1), st.binary(max_size=100))
 def test_oversized_frame_is_refused_at_its_header(length, rest):
     header = struct.pack(">2sBBI", MAGIC, 1, 0, length)
-    decoder = FrameDecoder(MAX_FRAME)
-    with pytest.raises(FrameError) as caught:
-        decoder.feed(header + rest)  # refused before any payload byte is awaited
-    assert caught.value.code == "frame-too-large"
-    assert str(length) in caught.value.message
+
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(header + rest)
+        reader.feed_eof()
+        with pytest.raises(FrameError) as caught:
+            await read_frame(reader, MAX_FRAME)
+        assert await reader.read() == rest  # refused before any payload byte was read
+        return caught.value
+
+    error = asyncio.run(go())
+    assert error.code == "frame-too-large"
+    assert str(length) in error.message
 
 
 @pytest.mark.parametrize(
@@ -155,16 +177,113 @@ def test_oversized_frame_is_refused_at_its_header(length, rest):
     [
         (b"G", "HTTP"),
         (b"\x16\x03", "TLS"),
-        (b"NX", "bad magic"),
-        (b"NE\x02", "version 2"),
-        (b"NE\x01\x80", "flags 0x80"),
+        (b"\xff", "bad magic"),
+    ],
+)
+def test_a_stream_that_is_not_frames_is_refused_at_its_first_byte(first_bytes, needle):
+    """No wait for the rest of a header (nor for read_timeout): the first byte decides."""
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(first_bytes)  # and nothing more, no EOF
+        async with asyncio.timeout(1):
+            await read_frame(reader, MAX_FRAME)
+
+    with pytest.raises(FrameError) as caught:
+        asyncio.run(go())
+    assert caught.value.code == "bad-frame" and needle in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("header", "needle"),
+    [
+        (b"NX\x01\x00\x00\x00\x00\x01", "bad magic"),
+        (b"NE\x02\x00\x00\x00\x00\x01", "version 2"),
+        (b"NE\x01\x80\x00\x00\x00\x01", "flags 0x80"),
         (b"NE\x01\x00\x00\x00\x00\x00", "empty payload"),
     ],
 )
-def test_bad_header_is_refused_as_soon_as_its_bytes_arrive(first_bytes, needle):
+def test_bad_header_is_refused_once_its_eight_bytes_are_in(header, needle):
     with pytest.raises(FrameError) as caught:
-        FrameDecoder(MAX_FRAME).feed(first_bytes)
+        decode_all([header + b"never read"])
     assert caught.value.code == "bad-frame" and needle in caught.value.message
+
+
+def test_a_frame_trickling_in_is_cut_at_read_timeout_counted_from_its_first_byte():
+    data = b"".join(frame(encode_request(1, "echo", "x" * 40, None, strict_keys=True)))
+
+    async def go():
+        reader = asyncio.StreamReader()
+        clock = FrameClock(read_timeout=0.2, idle_timeout=60)
+        clock.start()
+
+        async def trickle():
+            await asyncio.sleep(0.3)  # waiting for a first byte is not read time
+            for i in range(len(data)):
+                reader.feed_data(data[i : i + 1])
+                await asyncio.sleep(0.02)
+
+        feeder = asyncio.ensure_future(trickle())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with pytest.raises(FrameError) as caught:
+                await read_frame(reader, MAX_FRAME, clock)
+        finally:
+            feeder.cancel()
+            clock.stop()
+        assert asyncio.current_task().cancelling() == 0  # the clock's cancel was taken back
+        return caught.value, loop.time() - started
+
+    error, elapsed = asyncio.run(go())
+    assert error.code == "read-timeout"
+    assert 0.45 < elapsed < 2.0  # 0.3 s idle, then header and payload within one read_timeout
+
+
+def test_an_idle_deadline_ends_the_wait_for_a_frame():
+    async def go():
+        reader = asyncio.StreamReader()
+        clock = FrameClock(read_timeout=5.0, idle_timeout=0.2)
+        clock.idle_deadline = asyncio.get_running_loop().time() + 0.2
+        clock.start()
+        try:
+            with pytest.raises(FrameError) as caught:
+                await read_frame(reader, MAX_FRAME, clock)
+        finally:
+            clock.stop()
+        return caught.value
+
+    assert asyncio.run(go()).code == "idle-timeout"
+
+
+def test_a_cancellation_not_from_the_clock_stays_a_cancellation():
+    async def go():
+        reader = asyncio.StreamReader()
+
+        async def read_with_clock():
+            clock = FrameClock(read_timeout=5.0, idle_timeout=5.0)
+            clock.start()
+            try:
+                return await read_frame(reader, MAX_FRAME, clock)
+            finally:
+                clock.stop()
+
+        task = asyncio.ensure_future(read_with_clock())
+        await asyncio.sleep(0.05)
+        task.cancel()  # e.g. the server shutting down: not a read-timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+
+
+@PROPERTY
+@given(st.integers(1, MAX_FRAME), st.integers(0, 200))
+def test_a_header_promising_more_than_arrives_is_truncated(length, sent):
+    header = struct.pack(">2sBBI", MAGIC, 1, 0, length)
+    sent = min(sent, length - 1)
+    with pytest.raises(FrameError) as caught:
+        decode_all([header, b"p" * sent])
+    assert caught.value.code == "truncated"
 
 
 def test_frame_header_layout_is_big_endian_with_magic_version_flags():

@@ -1,7 +1,7 @@
 """enclave.transport.relay: bytes both ways, half-close, limits; across real processes too.
 
-Each in-process scenario runs twice: on the fast path (protocol tap on asyncio's socket
-transports) and on the copy path (read/write/drain), which TLS or other loops would use.
+Each in-process scenario runs twice: on the tap (``set_protocol`` with a BufferedProtocol on
+plain socket transports) and on the copy path (read/write/drain), which TLS uses.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def policy() -> Policy:
 @asynccontextmanager
 async def real_proxy() -> AsyncIterator[str]:
     config = ProxyConfig(enclave=VsockAddress(CID, PORT),
-                         pool=PoolLimits(size=1, heartbeat_s=0.2, backoff_max_s=0.1))
+                         pool=PoolLimits(size=1, backoff_max_s=0.1))
     runner = web.AppRunner(build_app(config), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

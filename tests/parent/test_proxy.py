@@ -106,7 +106,7 @@ async def running(
     config = ProxyConfig(
         enclave=VsockAddress(CID, PORT),
         http=http or HttpLimits(),
-        pool=PoolLimits(size=2, heartbeat_s=0.2, heartbeat_timeout_s=0.5, backoff_max_s=0.2),
+        pool=PoolLimits(size=2, backoff_max_s=0.2),
     )
     runner = web.AppRunner(build_app(config), access_log=None,
                            keepalive_timeout=config.http.header_timeout_s)
@@ -413,7 +413,7 @@ def test_a_request_too_large_for_the_protocol_does_not_break_the_connection(
     pki: TestPKI, sim_dir: str
 ) -> None:
     async def go() -> None:
-        config_pool = PoolLimits(size=1, max_frame=4096, heartbeat_s=0.2, backoff_max_s=0.2)
+        config_pool = PoolLimits(size=1, max_frame=4096, backoff_max_s=0.2)
         config = ProxyConfig(enclave=VsockAddress(CID, PORT), pool=config_pool)
         app = make_app(pki)
         server = await app.serve(VsockAddress(VMADDR_CID_ANY, PORT), sim_dir=sim_dir, sim_cid=CID)

@@ -59,7 +59,7 @@ def make_app(pki: TestPKI) -> App:
 async def proxy(sim_dir: str) -> AsyncIterator[str]:
     config = ProxyConfig(
         enclave=VsockAddress(CID, PORT),
-        pool=PoolLimits(size=1, heartbeat_s=0.2, backoff_max_s=0.1),
+        pool=PoolLimits(size=1, backoff_max_s=0.1),
     )
     runner = web.AppRunner(build_app(config), access_log=None)
     await runner.setup()
