@@ -2,9 +2,9 @@
 
 Path measured (simulation, every server a real process):
 
-    AttestedKms (this process) -> loopback tunnel (enclave.kms_tunnel, thread)
+    AttestedKms (this process) -> loopback tunnel (enclave.kms.tunnel, thread)
       -> simulated vsock (AF_UNIX) -> python -m parent.kms_relay -> TCP
-      -> python -m simulator.kms  -> CiphertextForRecipient -> enclave.cms open
+      -> python -m simulator.kms  -> CiphertextForRecipient -> enclave.kms.cms open
 
 The NSM is ``python -m simulator.nsm`` (the attestation document is cached by the client, so it
 is fetched once). Rows, all with unmodified boto3 on the same run:
@@ -45,9 +45,9 @@ from botocore.config import Config  # noqa: E402
 
 from attestation import TestPKI  # noqa: E402
 from enclave._enclave_key import new_key_pair  # noqa: E402
-from enclave.credentials import CredentialStore, parse_credentials  # noqa: E402
 from enclave.kms import AttestedKms  # noqa: E402
-from enclave.kms_tunnel import KmsTunnel  # noqa: E402
+from enclave.kms.credentials import CredentialStore, parse_credentials  # noqa: E402
+from enclave.kms.tunnel import KmsTunnel  # noqa: E402
 from enclave.nsm import NsmClient  # noqa: E402
 from enclave.transport import PARENT_CID, VsockAddress  # noqa: E402
 from parent.key_policy import key_policy  # noqa: E402

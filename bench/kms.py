@@ -5,7 +5,7 @@ puts a policy from ``parent.key_policy`` on a key, and measures with unmodified 
 
 * plain Decrypt (baseline: HTTP + SigV4 + policy + AES-GCM);
 * Decrypt with a Recipient (+ attestation verification, RSA-OAEP wrap, CMS build);
-* the same plus opening CiphertextForRecipient with ``enclave.cms`` (what the enclave pays).
+* the same plus opening CiphertextForRecipient with ``enclave.kms.cms`` (what the enclave pays).
 
 Also the in-process costs of CMS build/open against their floors (one RSA-2048 OAEP public /
 private operation). Run: ``.venv/bin/python bench/kms.py [--requests N]``. Prints Markdown for
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
 
 from attestation import TestPKI  # noqa: E402
-from enclave.cms import decrypt_enveloped_data  # noqa: E402
+from enclave.kms.cms import decrypt_enveloped_data  # noqa: E402
 from parent.key_policy import key_policy  # noqa: E402
 from simulator.kms.cms_builder import build_ciphertext_for_recipient  # noqa: E402
 from simulator.kms.credentials import DEFAULT_CREDENTIALS  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> int:
             rows = [
                 ("plain Decrypt (baseline)", _measure(plain, count)),
                 ("Decrypt with Recipient", _measure(attested, count)),
-                ("Decrypt with Recipient + enclave.cms open", _measure(attested_and_open, count)),
+                ("Decrypt with Recipient + CMS open", _measure(attested_and_open, count)),
             ]
         finally:
             proc.terminate()
@@ -147,7 +147,7 @@ def main() -> int:
             lambda: build_ciphertext_for_recipient(b"k", public),
         ),
         ("RSA-2048 OAEP decrypt (floor of open)", lambda: enclave_key.decrypt(wrapped, oaep)),
-        ("CMS open (enclave.cms)", lambda: decrypt_enveloped_data(cms, enclave_key)),
+        ("CMS open (enclave.kms.cms)", lambda: decrypt_enveloped_data(cms, enclave_key)),
     ]
     micro = [(name, _measure(step, MICRO_ROUNDS)) for name, step in steps]
 

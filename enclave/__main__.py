@@ -1,6 +1,6 @@
 """``python -m enclave [--app module:attr] [--port 5000] [--asgi MODULE:ATTR]``: run on vsock.
 
-The default app is the sealed-secrets app (``enclave.handlers:default_app``). A user's app is a
+The default app is the sealed-secrets app (``enclave.app:default_app``). A user's app is a
 module path away: ``--app mypkg.app:build`` where ``build`` is an ``enclave.app.App`` or a
 callable returning one. The server listens on ``(VMADDR_CID_ANY, port)`` — in simulation
 (``NITRO_VSOCK_SIM_DIR``) as ``NITRO_VSOCK_SIM_CID``. It prints one JSON ``ready`` line on
@@ -25,11 +25,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import DEFAULT_DEADLINE_S, REQUEST_TIMEOUT_S, ConfigError, EnclaveConfig
-from .service import EXIT_LISTEN, EXIT_USAGE, Started, config_failure, run_service
-from .wire import APP_PORT
+from enclave.config import DEFAULT_DEADLINE_S, REQUEST_TIMEOUT_S, ConfigError, EnclaveConfig
+from enclave.service import EXIT_LISTEN, EXIT_USAGE, Started, config_failure, run_service
+from enclave.wire import APP_PORT
 
-DEFAULT_APP = "enclave.handlers:default_app"
+DEFAULT_APP = "enclave.app:default_app"
 DEFAULT_PORT = APP_PORT
 EXIT_NO_NSM = 6
 
@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _start(app: object, config: EnclaveConfig, asgi: object = None) -> Started | int:
-    from .app import App, log_event
-    from .transport import VMADDR_CID_ANY, TransportError, VsockAddress
+    from enclave.app import App, log_event
+    from enclave.transport import VMADDR_CID_ANY, TransportError, VsockAddress
 
     assert isinstance(app, App)
     port = config.port
@@ -80,7 +80,7 @@ async def _start(app: object, config: EnclaveConfig, asgi: object = None) -> Sta
         return EXIT_LISTEN
     ingress = None
     if asgi is not None:
-        from ._asgi_main import start
+        from enclave._asgi_main import start
 
         ingress = await start(asgi, app, config)
         if ingress is None:
@@ -106,8 +106,8 @@ async def _start(app: object, config: EnclaveConfig, asgi: object = None) -> Sta
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .app import load_app
-    from .logs import configure_json_logging
+    from enclave.app import load_app
+    from enclave.logs import configure_json_logging
 
     configure_json_logging(logging.DEBUG if args.debug else logging.INFO)
     try:
@@ -116,13 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_failure("enclave", exc)
     hardware = not os.environ.get("NITRO_VSOCK_SIM_DIR")
     if hardware:
-        from ._nsm_device import NSM_DEVICE, NSM_SOCKET_ENV, UNAVAILABLE_MESSAGE
+        from enclave.nsm._device import NSM_DEVICE, NSM_SOCKET_ENV, UNAVAILABLE_MESSAGE
 
         if not os.environ.get(NSM_SOCKET_ENV) and not os.path.exists(NSM_DEVICE):
             print(f"enclave: {UNAVAILABLE_MESSAGE}", file=sys.stderr)
             return EXIT_NO_NSM
     if hardware and not args.no_loopback:
-        from .kms_tunnel import bring_up_loopback
+        from enclave.kms.tunnel import bring_up_loopback
 
         with contextlib.suppress(Exception):
             bring_up_loopback()
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_failure("enclave", exc)
     asgi = None
     if args.asgi:
-        from ._asgi_main import load_asgi
+        from enclave._asgi_main import load_asgi
 
         try:
             asgi = load_asgi(args.asgi)

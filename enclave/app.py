@@ -37,23 +37,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from attestation.e2e import E2EError
 from attestation.errors import CodedError, Kind, is_code
-
-from ._protocol_base import REQUEST_DEADLINE
-from .clock import ClockError, EnclaveClock
-from .config import AppLimits as AppLimits  # defined with the process config (enclave.config)
-from .config import handler_deadline
-from .e2e import E2EError, EnclaveE2EKey
-from .logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
-from .logs import configure_json_logging as configure_json_logging
-from .protocol import HandlerError
-from .sealed import SealedStore
+from enclave.clock import ClockError, EnclaveClock
+from enclave.config import (
+    AppLimits as AppLimits,  # defined with the process config (enclave.config)
+)
+from enclave.config import handler_deadline
+from enclave.context import Context, Handler, Operation
+from enclave.e2e import EnclaveE2EKey
+from enclave.logs import JsonLineFormatter as JsonLineFormatter  # re-exported (old import path)
+from enclave.logs import configure_json_logging as configure_json_logging
+from enclave.protocol import HandlerError
+from enclave.protocol._base import REQUEST_DEADLINE
+from enclave.sealed import SealedStore
 
 if TYPE_CHECKING:
-    from .nsm import NsmClient
+    from enclave.nsm import NsmClient
 
 __all__ = [
     "App",
@@ -63,6 +65,7 @@ __all__ = [
     "HandlerError",
     "Operation",
     "app_user_data",
+    "default_app",
     "load_app",
 ]
 
@@ -70,9 +73,6 @@ APP_IDENTITY_LABEL = b"nitro-toolkit/app/v1"
 MAX_OPERATION_NAME = 64
 
 log = logging.getLogger("enclave.app")
-
-Handler = Callable[["Context", Any], Awaitable[Any]]
-_T = TypeVar("_T")
 
 
 def app_user_data(name: str, version: str) -> bytes:
@@ -83,71 +83,6 @@ def app_user_data(name: str, version: str) -> bytes:
     return hashlib.sha256(
         APP_IDENTITY_LABEL + b"\x00" + name.encode() + b"\x00" + version.encode()
     ).digest()
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One named operation and how it may be reached."""
-
-    name: str
-    handler: Handler
-    deadline_s: float | None = None  # None = AppLimits.default_deadline_s
-    http: bool = True  # the parent proxy may expose it as POST /v1/<name>
-    e2e: bool = True  # reachable inside an end-to-end sealed request
-    limited: bool = True  # counts against AppLimits.max_concurrent
-    bytes_fields: tuple[str, ...] = ()  # top-level body fields that are bytes (base64 in JSON)
-    doc: str = ""
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "http": self.http,
-            "e2e": self.e2e,
-            "bytes_fields": list(self.bytes_fields),
-            "doc": self.doc,
-        }
-
-
-@dataclass
-class Context:
-    """What a handler gets besides its body."""
-
-    app: App
-    op: str
-    request_id: str
-    deadline: float  # event-loop time by which the answer is due
-    end_to_end: bool = False  # the request arrived sealed (HPKE) and the reply is sealed
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nsm(self) -> NsmClient:
-        return self.app.nsm
-
-    @property
-    def kms(self) -> Any:
-        """The attested KMS client (``enclave.kms.AttestedKms``)."""
-        return self.app.kms
-
-    @property
-    def secrets(self) -> SealedStore:
-        return self.app.secrets
-
-    @property
-    def e2e_key(self) -> EnclaveE2EKey:
-        return self.app.e2e_key
-
-    @property
-    def limits(self) -> AppLimits:
-        return self.app.limits
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - asyncio.get_running_loop().time())
-
-    async def run_blocking(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-        """Run a blocking call (NSM, boto3) on the app's bounded thread pool."""
-        loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, **kwargs)
-        return await loop.run_in_executor(self.app.executor, call)
 
 
 class App:
@@ -185,7 +120,7 @@ class App:
         self.in_flight = 0
         self.started = time.monotonic()
         if builtins:
-            from .handlers import install_builtins
+            from enclave.handlers import install_builtins
 
             install_builtins(self)
 
@@ -194,16 +129,16 @@ class App:
     @property
     def nsm(self) -> NsmClient:
         if self._nsm is None:
-            from .nsm import NsmClient
+            from enclave.nsm import NsmClient
 
             self._nsm = NsmClient()
         return self._nsm
 
     @property
     def credentials(self) -> Any:
-        """The credential store filled by ``set-credentials`` (``enclave.credentials``)."""
+        """The credential store filled by ``set-credentials`` (``enclave.kms.credentials``)."""
         if self._credentials is None:
-            from .handlers.credentials import new_credential_store
+            from enclave.handlers.credentials import new_credential_store
 
             self._credentials = new_credential_store()
         return self._credentials
@@ -211,7 +146,7 @@ class App:
     @property
     def kms(self) -> Any:
         if self._kms is None:
-            from .handlers.credentials import new_attested_kms
+            from enclave.handlers.credentials import new_attested_kms
 
             self._kms = new_attested_kms(self.nsm, self.credentials)
         return self._kms
@@ -371,7 +306,7 @@ class App:
 
         ``transport`` goes to ``enclave.protocol.serve`` (``sim_dir``, ``sim_cid``, ...).
         """
-        from . import protocol
+        from enclave import protocol
 
         return await protocol.serve(
             address, self.protocol_handlers(), limits=protocol_limits, **transport
@@ -398,6 +333,15 @@ def _typed(exc: Exception) -> tuple[str, str, str]:
         return exc.code, message, exc.kind
     log_event("handler-crash", level=logging.WARNING, error=type(exc).__name__)
     return "internal", "internal error in the enclave app", Kind.INTERNAL
+
+
+def default_app(**kwargs: Any) -> App:
+    """The sealed-secrets app ``python -m enclave`` runs (``kwargs`` go to ``App``)."""
+    from enclave.handlers import DEFAULT_APP_NAME, DEFAULT_APP_VERSION, sealed
+
+    app = App(DEFAULT_APP_NAME, DEFAULT_APP_VERSION, **kwargs)
+    sealed.install(app)
+    return app
 
 
 def load_app(spec: str) -> App:

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from attestation.errors import CodedError, Kind
-
-from .wire import APP_PORT
+from enclave.wire import APP_PORT
 
 if TYPE_CHECKING:
-    from ._protocol_base import ProtocolLimits
+    from enclave.protocol._base import ProtocolLimits
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -258,7 +257,7 @@ class EnclaveConfig:
 
     def protocol_limits(self) -> ProtocolLimits:
         """The framed protocol's limits: the outer deadline and the derived read timeout."""
-        from ._protocol_base import ProtocolLimits
+        from enclave.protocol._base import ProtocolLimits
 
         return ProtocolLimits(request_timeout=self.request_timeout_s, read_timeout=self.read_s)
 

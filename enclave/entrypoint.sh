@@ -7,7 +7,7 @@ set -eu
 APP_USER="${ENCLAVE_APP_USER:-enclave}"
 
 if [ "$(id -u)" = "0" ]; then
-    python3 -c 'from enclave.kms_tunnel import bring_up_loopback; bring_up_loopback()' || {
+    python3 -c 'from enclave.kms.tunnel import bring_up_loopback; bring_up_loopback()' || {
         echo "entrypoint: cannot bring up the loopback interface (KMS would be unreachable)" >&2
         exit 1
     }

@@ -4,7 +4,7 @@
 
 The enclave has no instance metadata service, so the parent reads credentials through boto3's
 default provider chain (IMDSv2 on EC2; environment or profile elsewhere) and sends them with
-the protocol operation ``set-credentials`` (``enclave.credentials``), after offering this
+the protocol operation ``set-credentials`` (``enclave.kms.credentials``), after offering this
 host's time with ``parent-time`` (``enclave.clock``: the enclave has no NTP). It pushes again every
 ``HandoffLimits.push_interval_s``, and sooner when they come within
 ``HandoffLimits.refresh_before_expiry_s`` of expiry; when the enclave is down it retries with

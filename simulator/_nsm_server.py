@@ -1,7 +1,7 @@
 """The simulated ``/dev/nsm`` as an AF_UNIX server: ``u32 big-endian length ‖ CBOR`` each way.
 
 A connection may carry any number of requests, one at a time (the client in
-``enclave._nsm_device`` opens one per request). Requests over ``NSM_REQUEST_MAX_SIZE`` get
+``enclave.nsm._device`` opens one per request). Requests over ``NSM_REQUEST_MAX_SIZE`` get
 ``{"Error": "InputTooLarge"}`` (what the client sees from the kernel's EMSGSIZE) and the
 connection is closed, since the rest of the frame is not read. Every read and write has a
 deadline; a misbehaving client only loses its own connection.
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from enclave.nsm_codec import (
+from enclave.nsm.codec import (
     NSM_REQUEST_MAX_SIZE,
     NSM_RESPONSE_MAX_SIZE,
     ErrorResponse,
     encode_response,
 )
-from enclave.nsm_codec import SOCKET_FRAME_HEADER as FRAME_HEADER
+from enclave.nsm.codec import SOCKET_FRAME_HEADER as FRAME_HEADER
 
 log = logging.getLogger("simulator.nsm")
 

@@ -77,9 +77,9 @@ def run_demo(
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from attestation import Policy
+    from attestation.client import EnclaveClient, EnclaveClientError, from_b64
     from enclave.app import app_user_data
     from enclave.handlers import DEFAULT_APP_NAME, DEFAULT_APP_VERSION
-    from parent.client import EnclaveClient, EnclaveClientError, from_b64
     from parent.key_policy import key_policy, select_pcrs
 
     from .stack import DEFAULT_ENCLAVE_SOURCE, Stack, StackConfig

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from attestation.pcr import PCR_SIZE, ZERO_PCR, extend, pcr3_from_role_arn, pcr4_from_instance_id
 from attestation.testpki import TestPKI
-from enclave.nsm_codec import (
+from enclave.nsm.codec import (
     Attestation,
     AttestationDocumentBytes,
     DescribeNsm,

@@ -58,7 +58,7 @@ def _declares_kind(cls: type) -> bool:
 
 def _covers(cls: type[CodedError], code: str) -> bool:
     if cls.__name__ in ("NsmError", "NsmUnavailableError"):
-        from enclave.nsm_codec import NSM_ERROR_CODES
+        from enclave.nsm.codec import NSM_ERROR_CODES
 
         return code in NSM_ERROR_CODES  # the NSM's own names, mapped at the source
     if code in cls.codes:
@@ -133,8 +133,8 @@ def test_kinds_travel_and_map_to_the_one_status_table() -> None:
 
 
 def test_the_siblings_the_review_found_now_agree() -> None:
-    from enclave.credentials import CredentialsError
-    from enclave.nsm_codec import NsmError
+    from enclave.kms.credentials import CredentialsError
+    from enclave.nsm.codec import NsmError
     from parent._proxy_http import STATUS_FOR_KIND
 
     expired = CredentialsError("credentials-expired", "x")

@@ -1,34 +1,24 @@
 """Built-in operations and the default app (sealed secrets).
 
 ``install_builtins(app)`` adds what every app has: ``health``, ``describe``, ``attestation``,
-``e2e`` and ``set-credentials``. ``default_app()`` is what ``python -m enclave`` runs: the
-built-ins plus the sealed-secret operations (docs/app.md).
+``e2e`` and ``set-credentials``. ``enclave.app.default_app()``, what ``python -m enclave``
+runs, is the built-ins plus the sealed-secret operations (docs/app.md).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..app import App
+    from enclave.context import AppView
 
 DEFAULT_APP_NAME = "sealed-secrets"
 DEFAULT_APP_VERSION = "1"
 
 
-def install_builtins(app: App) -> None:
-    from . import attestation, core, credentials
+def install_builtins(app: AppView) -> None:
+    from enclave.handlers import attestation, core, credentials
 
     core.install(app)
     attestation.install(app)
     credentials.install(app)
-
-
-def default_app(**kwargs: Any) -> App:
-    """The sealed-secrets app (``kwargs`` go to ``App``: limits, nsm, kms, ...)."""
-    from ..app import App
-    from . import sealed
-
-    app = App(DEFAULT_APP_NAME, DEFAULT_APP_VERSION, **kwargs)
-    sealed.install(app)
-    return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..protocol import HandlerError
+from enclave.protocol import HandlerError
 
 
 def fields(

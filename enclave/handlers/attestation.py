@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import HandlerError
-from ._body import get_bytes
+from enclave.handlers._body import get_bytes
+from enclave.protocol import HandlerError
 
 if TYPE_CHECKING:
-    from ..app import App, Context
+    from enclave.context import AppView, Context
 
 MAX_NONCE_LEN = 512  # NSM accepts up to 1024 per field; 512 is the documented floor
 FORBIDDEN_FIELDS = ("public_key", "user_data")
 
 
-def install(app: App) -> None:
+def install(app: AppView) -> None:
     @app.operation("attestation", http=False, e2e=False, deadline_s=10.0, bytes_fields=("nonce",))
     async def attestation(ctx: Context, body: Any) -> dict:
         """Attestation document with the caller's nonce, the enclave's HPKE public key."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..clock import PARENT_TIME_OP
-from ..e2e import SUITE_NAME
-from ..protocol import HandlerError
-from ._body import fields, get_bytes
+from attestation.e2e import SUITE_NAME
+from enclave.clock import PARENT_TIME_OP
+from enclave.handlers._body import fields, get_bytes
+from enclave.protocol import HandlerError
 
 if TYPE_CHECKING:
-    from ..app import App, Context
+    from enclave.context import AppView, Context
 
 
-def install(app: App) -> None:
+def install(app: AppView) -> None:
     @app.operation("health", http=False, limited=False, deadline_s=2.0)
     async def health(ctx: Context, body: Any) -> dict:
         """Liveness: app name, version, uptime, requests in progress."""

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..protocol import HandlerError
-from ..sealed import KINDS
-from ._body import fields, get_bytes, get_str, get_str_map
+from enclave.handlers._body import fields, get_bytes, get_str, get_str_map
+from enclave.protocol import HandlerError
+from enclave.sealed import KINDS
 
 if TYPE_CHECKING:
-    from ..app import App, Context
+    from enclave.context import AppView, Context
 
 MAX_KMS_CIPHERTEXT = 6144  # KMS CiphertextBlob limit
 MAX_ENVELOPE_DATA = 1 << 20  # AES-GCM ciphertext accepted by envelope-decrypt
@@ -59,7 +59,7 @@ async def _kms_decrypt(ctx: Context, ciphertext: bytes, context: dict) -> bytes:
     return await ctx.run_blocking(ctx.kms.decrypt, ciphertext, encryption_context=context or None)
 
 
-def install(app: App, *, results: Mapping[str, ResultFunction] | None = None) -> None:
+def install(app: AppView, *, results: Mapping[str, ResultFunction] | None = None) -> None:
     """Add the sealed-secret operations to ``app``; ``results`` extends envelope results."""
     result_functions = {**(results or {}), **DEFAULT_RESULTS}  # the defaults stay as they are
 

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from attestation.binding import nitriding_user_data
-
-from .. import _vsock_real, _vsock_sim
-from .._vsock_address import VMADDR_CID_ANY, TransportLimits, VsockAddress
-from ..wire import INGRESS_PORT
-from ._route import AttestationRoute, RouteLimits
-from ._tls import TlsIdentity
+from enclave.ingress._route import AttestationRoute, RouteLimits
+from enclave.ingress._tls import TlsIdentity
+from enclave.transport import _vsock_real, _vsock_sim
+from enclave.transport._vsock_address import VMADDR_CID_ANY, TransportLimits, VsockAddress
+from enclave.wire import INGRESS_PORT
 
 if TYPE_CHECKING:
-    from ..app import App
+    from enclave.app import App
 
 __all__ = ["DEFAULT_INGRESS_PORT", "Ingress", "IngressLimits", "start_ingress"]
 
@@ -142,7 +141,7 @@ async def start_ingress(
         h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     config.load()
-    from ._proxy_tls import proxy_then_tls
+    from enclave.ingress._proxy_tls import proxy_then_tls
 
     # TLS per connection (after the PROXY v2 header, if any), with our handshake bound
     config.http_protocol_class = proxy_then_tls(

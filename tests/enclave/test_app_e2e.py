@@ -9,8 +9,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attestation.e2e import E2EError, ReplyOpener, seal_request
 from enclave import e2e
-from enclave.e2e import E2EError, E2ELimits, EnclaveE2EKey, ReplyOpener, seal_request
+from enclave.e2e import E2ELimits, EnclaveE2EKey
 
 NONCE = b"n" * 32
 

@@ -16,8 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from attestation import Policy, TestPKI, verify
 from enclave import e2e
-from enclave.app import App, AppLimits, HandlerError, app_user_data, load_app
-from enclave.handlers import default_app
+from enclave.app import App, AppLimits, HandlerError, app_user_data, default_app, load_app
 from enclave.nsm import NsmClient
 from enclave.protocol import ProtocolClient, RemoteError
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
@@ -184,7 +183,7 @@ def test_many_concurrent_requests_are_all_answered(nsm: SimulatedNsm) -> None:
 
 
 def test_load_app_by_module_path(nsm: SimulatedNsm) -> None:
-    app = load_app("enclave.handlers:default_app")
+    app = load_app("enclave.app:default_app")
     assert app.name == "sealed-secrets" and "sign" in app.operations
     with pytest.raises(ValueError):
         load_app("no-colon")

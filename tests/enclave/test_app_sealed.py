@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestation import TestPKI
-from enclave.handlers import default_app
+from enclave.app import default_app
 from enclave.kms import AttestedKms
 from enclave.nsm import NsmClient
 from enclave.protocol import ProtocolClient, RemoteError
@@ -258,7 +258,8 @@ def _sealed_envelope_calls(
 ) -> tuple[list[bytes], list[Any]]:
     """Send each body as a sealed envelope-decrypt; returns what the parent sees (the sealed
     replies) and what the client opens."""
-    from enclave.e2e import EnclaveE2EKey, seal_request
+    from attestation.e2e import seal_request
+    from enclave.e2e import EnclaveE2EKey
 
     e2e_key = EnclaveE2EKey()
     sealed, openers = [], []

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attestation.e2e import seal_request
 from enclave.app import App
 from enclave.clock import PARENT_TIME_OP, ClockLimits, EnclaveClock
-from enclave.e2e import seal_request
 from enclave.protocol import ProtocolClient, RemoteError
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
 

@@ -1,4 +1,4 @@
-"""enclave.cms against real KMS CiphertextForRecipient vectors and independent OpenSSL CMS."""
+"""enclave.kms.cms against real KMS CiphertextForRecipient vectors and independent OpenSSL CMS."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.cms import (
+from enclave.kms.cms import (
     CMS_ERROR_CODES,
     MAX_CIPHERTEXT_FOR_RECIPIENT,
     CmsDecryptError,

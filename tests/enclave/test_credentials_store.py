@@ -1,4 +1,4 @@
-"""enclave.credentials: validation, bounded waits, and boto3 using the store over real HTTP."""
+"""enclave.kms.credentials: validation, bounded waits, and boto3 using the store over real HTTP."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.credentials import (
+from enclave.kms.credentials import (
     SET_CREDENTIALS_OP,
     AwsCredentials,
     CredentialLimits,

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives import hpke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attestation.e2e import E2EError, ReplyOpener, seal_request
 from enclave import e2e
-from enclave.e2e import E2EError, E2ELimits, EnclaveE2EKey, ReplyOpener, seal_request
+from enclave.e2e import E2ELimits, EnclaveE2EKey
 
 NONCE = b"n" * 32
 MIB = 1 << 20

@@ -28,9 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestation import TestPKI
-from enclave.credentials import CredentialLimits, CredentialStore, parse_credentials
 from enclave.kms import AttestedKms, KmsError, KmsLimits
-from enclave.kms_tunnel import KmsTunnel, TunnelError, TunnelLimits, bring_up_loopback
+from enclave.kms.credentials import CredentialLimits, CredentialStore, parse_credentials
+from enclave.kms.tunnel import KmsTunnel, TunnelError, TunnelLimits, bring_up_loopback
 from enclave.nsm import NsmClient
 from enclave.transport import PARENT_CID, VsockAddress, relay
 from parent.key_policy import key_policy
@@ -366,7 +366,7 @@ def test_loopback_is_brought_up_in_a_fresh_network_namespace():
         pytest.skip("unshare(1) not installed")
     script = (
         "import socket\n"
-        "from enclave.kms_tunnel import bring_up_loopback\n"
+        "from enclave.kms.tunnel import bring_up_loopback\n"
         "try:\n"
         "    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
         "except OSError as e:\n"
@@ -410,7 +410,7 @@ def test_listening_log_line_keeps_its_fields(sim_dir, caplog):
 
     from enclave.logs import JsonLineFormatter
 
-    with caplog.at_level(logging.INFO, logger="enclave.kms_tunnel"), KmsTunnel(
+    with caplog.at_level(logging.INFO, logger="enclave.kms.tunnel"), KmsTunnel(
         "us-east-1", relay=VsockAddress(PARENT_CID, 8195)
     ) as tunnel:
         port = tunnel.port

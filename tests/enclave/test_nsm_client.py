@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from attestation.pcr import ZERO_PCR, extend
 from attestation.testpki import TestPKI
-from enclave import _nsm_device
 from enclave.nsm import (
     NSM_IOCTL_RAW,
     NSM_REQUEST_MAX_SIZE,
@@ -36,6 +35,7 @@ from enclave.nsm import (
     NsmUnavailableError,
     SocketTransport,
 )
+from enclave.nsm import _device as _nsm_device
 from simulator.nsm import SimulatedNsm
 
 _RAW = struct.Struct("=QQQQ")  # struct nsm_raw on a 64-bit kernel

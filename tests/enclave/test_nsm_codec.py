@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave._nsm_codec import (
+from enclave.nsm import NsmClient, NsmError
+from enclave.nsm.codec import (
     ERROR_CODES,
     NSM_REQUEST_MAX_SIZE,
     NSM_RESPONSE_MAX_SIZE,
@@ -34,7 +35,6 @@ from enclave._nsm_codec import (
     encode_request,
     encode_response,
 )
-from enclave.nsm import NsmClient, NsmError
 
 # nitro-spec §1.2, "Requests (exact hex ...)"
 SPEC_REQUESTS = [

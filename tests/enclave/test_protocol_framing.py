@@ -1,4 +1,4 @@
-"""The wire format (enclave._framing): properties of ``read_frame`` and the message rules."""
+"""The wire format (enclave.protocol._framing): ``read_frame`` properties and the message rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave._framing import (
+from enclave.protocol import ERROR_CODES, FrameError, ProtocolLimits
+from enclave.protocol._framing import (
     CBOR_MAX_DEPTH,
     HEADER_SIZE,
     MAGIC,
@@ -24,7 +25,6 @@ from enclave._framing import (
     parse_request,
     read_frame,
 )
-from enclave.protocol import ERROR_CODES, FrameError, ProtocolLimits
 
 MAX_FRAME = 64 * 1024
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

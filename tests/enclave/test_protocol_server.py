@@ -15,7 +15,6 @@ from _servers.vsock_server import SECRET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave._framing import HEADER, HEADER_SIZE, decode_cbor, frame, parse_reply
 from enclave.protocol import (
     ConnectionLostError,
     ProtocolClient,
@@ -24,6 +23,7 @@ from enclave.protocol import (
     RemoteError,
     RequestTimeoutError,
 )
+from enclave.protocol._framing import HEADER, HEADER_SIZE, decode_cbor, frame, parse_reply
 from enclave.transport import SIM_CID_ENV, SIM_DIR_ENV, VsockAddress, open_connection, start_server
 
 pytestmark = pytest.mark.timeout(90)

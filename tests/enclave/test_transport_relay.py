@@ -14,12 +14,12 @@ import os
 import pytest
 from _servers.harness import ServerProcess
 
-from enclave import _relay
 from enclave.transport import (
     SIM_CID_ENV,
     SIM_DIR_ENV,
     RelayStats,
     VsockAddress,
+    _relay,
     open_connection,
     relay,
     start_server,

@@ -18,9 +18,9 @@ import json
 import signal
 import sys
 
-from enclave.credentials import SET_CREDENTIALS_OP, CredentialStore
 from enclave.kms import AttestedKms, KmsError
-from enclave.kms_tunnel import LoopbackError, bring_up_loopback
+from enclave.kms.credentials import SET_CREDENTIALS_OP, CredentialStore
+from enclave.kms.tunnel import LoopbackError, bring_up_loopback
 from enclave.protocol import HandlerError, serve
 from enclave.transport import PARENT_CID, VMADDR_CID_ANY, VsockAddress
 

@@ -227,7 +227,7 @@ def test_matching_pcrs_decrypt(stack, measured, key_id, blob):
 def test_one_bit_changed_in_the_enclave_code_is_denied(stack, key_id, blob, measured):
     copy = stack["tmp"] / "enclave-modified"
     shutil.copytree(ROOT / "enclave", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    target = copy / "kms.py"
+    target = copy / "kms" / "__init__.py"
     data = bytearray(target.read_bytes())
     i = data.index(b"Attested KMS")
     data[i] ^= 0x01  # "A" -> "@": one bit

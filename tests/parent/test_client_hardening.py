@@ -15,12 +15,12 @@ import pytest
 from aiohttp import web
 
 from attestation import Policy, TestPKI
+from attestation import client as client_module
+from attestation.client import EnclaveClient, EnclaveClientError
 from enclave.app import App, app_user_data
 from enclave.nsm import NsmClient
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
-from parent import client as client_module
 from parent._proxy_pool import PoolLimits
-from parent.client import EnclaveClient, EnclaveClientError
 from parent.proxy import ProxyConfig, build_app
 from simulator.nsm import SimulatedNsm
 

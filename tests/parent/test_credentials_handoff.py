@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from enclave.credentials import CredentialStore
+from enclave.kms.credentials import CredentialStore
 from enclave.protocol import serve
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
 from parent.credentials import CredentialSender, HandoffError, HandoffLimits, credentials_body

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave import kms_tunnel
 from enclave.endpoints import dns_suffix, kms_host, kms_hostnames
+from enclave.kms import tunnel as kms_tunnel
 from parent import _userdata
 from parent._allowlist import load_allowlist
 

@@ -1,4 +1,4 @@
-"""parent.client.EnclaveClient through the real proxy to an enclave app on simulated vsock:
+"""attestation.client.EnclaveClient through the real proxy to an enclave app on simulated vsock:
 attestation verified against a Policy, end-to-end sealed requests, automatic re-attestation
 after an enclave restart, refusal of documents that fail the policy or the nonce."""
 
@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 
 from attestation import Policy, TestPKI
+from attestation.client import EnclaveClient, EnclaveClientError, from_b64
 from enclave.app import App, HandlerError, app_user_data
 from enclave.nsm import NsmClient
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
 from parent._proxy_pool import PoolLimits
-from parent.client import EnclaveClient, EnclaveClientError, from_b64
 from parent.proxy import ProxyConfig, build_app
 from simulator.nsm import SimulatedNsm
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation import TestPKI
-from enclave.handlers import default_app
+from enclave.app import default_app
 from enclave.nsm import NsmClient
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
 from parent._proxy_http import STATUS_FOR_KIND, ProxyError, b64_field, to_json

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from reliability_support import PROXY_BODY_TIMEOUT_S, PROXY_HEADER_TIMEOUT_S, LiveStack, rss_kib
 
-from enclave._framing import HEADER, MAGIC, encode_request, frame
-from enclave._protocol_base import PROTOCOL_VERSION, ProtocolLimits
+from enclave.protocol._base import PROTOCOL_VERSION, ProtocolLimits
+from enclave.protocol._framing import HEADER, MAGIC, encode_request, frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.cms import decrypt_enveloped_data, parse_enveloped_data, subject_key_identifier
+from enclave.kms.cms import decrypt_enveloped_data, parse_enveloped_data, subject_key_identifier
 from simulator.kms.cms_builder import (
     CONTENT_CHUNK_BYTES,
     assemble_enveloped_data,
@@ -56,7 +56,7 @@ def test_large_content_is_chunked(enclave_key):
 def test_other_key_cannot_decrypt(enclave_key):
     other = rsa.generate_private_key(65537, 2048)
     ber = build_ciphertext_for_recipient(b"secret", enclave_key.public_key())
-    from enclave.cms import CmsDecryptError
+    from enclave.kms.cms import CmsDecryptError
 
     with pytest.raises(CmsDecryptError):
         decrypt_enveloped_data(ber, other)

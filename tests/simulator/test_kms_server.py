@@ -2,7 +2,7 @@
 
 One server process per module (``python -m simulator.kms``) trusting a TestPKI root; the key
 policy comes from ``parent.key_policy`` (what ``make policy`` prints), the enclave's documents
-from the TestPKI, and CiphertextForRecipient is opened with ``enclave.cms``.
+from the TestPKI, and CiphertextForRecipient is opened with ``enclave.kms.cms``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation import TestPKI
-from enclave.cms import decrypt_enveloped_data
+from enclave.kms.cms import decrypt_enveloped_data
 from parent.key_policy import key_policy, lint_policy, load_measurements, select_pcrs
 from simulator.kms.credentials import DEFAULT_CREDENTIALS
 

@@ -97,7 +97,7 @@ def test_archive_holds_exactly_the_python_sources(source):
         for p in source.rglob("*.py")
         if "__pycache__" not in p.parts and ".mypy_cache" not in p.parts
     }
-    assert files == expected and "rootfs/app/enclave/nsm.py" in files
+    assert files == expected and "rootfs/app/enclave/nsm/__init__.py" in files
     dirs = [name for name, mode, _ in entries if mode == 0o040755]
     assert dirs[:3] == ["rootfs", "rootfs/app", "rootfs/app/enclave"]
     names = [name for name, _, _ in entries]
@@ -115,7 +115,7 @@ def test_archive_is_reproducible_whatever_the_metadata(source):
 
 def test_editing_one_source_changes_pcr0_and_pcr2_only(source):
     before = measure_enclave_code(source)
-    target = source / "nsm.py"
+    target = source / "nsm" / "__init__.py"
     target.write_text(target.read_text() + "\n# one more line\n")
     after = measure_enclave_code(source)
     assert after[0] != before[0] and after[2] != before[2]
@@ -126,7 +126,7 @@ def test_editing_one_source_changes_pcr0_and_pcr2_only(source):
     "change",
     [
         lambda d: (d / "new_module.py").write_text("pass\n"),
-        lambda d: (d / "nsm.py").rename(d / "nsm2.py"),
+        lambda d: (d / "nsm" / "__init__.py").rename(d / "nsm2.py"),
         lambda d: (d / "zz_sub").mkdir() or (d / "zz_sub" / "__init__.py").write_text(""),
     ],
     ids=["add", "rename", "subpackage"],
@@ -183,8 +183,9 @@ def test_cpio_writer_round_trips():
 def test_listing_and_cli_agree(source):
     image = build_enclave_image(source)
     listing = {e.path: e for e in image.listing}
-    nsm_entry = listing["rootfs/app/enclave/nsm.py"]
-    assert nsm_entry.sha384 == hashlib.sha384((source / "nsm.py").read_bytes()).hexdigest()
+    nsm_entry = listing["rootfs/app/enclave/nsm/__init__.py"]
+    nsm_file = source / "nsm" / "__init__.py"
+    assert nsm_entry.sha384 == hashlib.sha384(nsm_file.read_bytes()).hexdigest()
     out = subprocess.run(
         [sys.executable, "-m", "simulator.measure", str(source), "--json"],
         capture_output=True,

@@ -20,8 +20,8 @@ from attestation.pcr import ZERO_PCR, extend, pcr3_from_role_arn, pcr4_from_inst
 from attestation.policy import Policy
 from attestation.testpki import TestPKI
 from attestation.verifier import verify
-from enclave._nsm_codec import ERROR_CODES
 from enclave.nsm import NsmClient, NsmError
+from enclave.nsm.codec import ERROR_CODES
 from simulator.measure import measure_enclave_code
 from simulator.nsm import (
     MAX_ATTESTATION_FIELD,

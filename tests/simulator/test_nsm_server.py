@@ -149,7 +149,7 @@ def test_editing_enclave_code_changes_pcr0_and_pcr2_not_pcr1(
     before = parse_document(client.attestation()).pcrs
     edited = workdir / "edited" / "enclave"
     shutil.copytree(enclave_copy, edited)
-    target = edited / "nsm.py"
+    target = edited / "nsm" / "__init__.py"
     target.write_text(target.read_text().replace("NsmClient", "NsmClient ", 1))
     other = NsmProcess(workdir, workdir / "pki", edited, "--role-arn", ROLE)
     try:

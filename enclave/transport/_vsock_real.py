@@ -8,7 +8,7 @@ import fcntl
 import socket
 import struct
 
-from ._vsock_address import (
+from enclave.transport._vsock_address import (
     SIM_DIR_ENV,
     VMADDR_CID_ANY,
     TransportError,

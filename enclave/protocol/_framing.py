@@ -21,8 +21,7 @@ import cbor2
 
 from attestation._cbor import KEY_BYTES, KEY_INT, KEY_TEXT, CborLimits, decode_strict
 from attestation.errors import MAX_CODE_LENGTH, Kind, MalformedError, is_code, is_kind
-
-from ._protocol_base import (
+from enclave.protocol._base import (
     MAX_OP_LENGTH,
     MAX_REQUEST_ID,
     MAX_U32,

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from attestation.errors import is_code
-
-from ._framing import (
+from enclave.protocol._base import REQUEST_DEADLINE, HandlerError, ProtocolLimits
+from enclave.protocol._framing import (
     FrameClock,
     FrameError,
     Request,
@@ -29,7 +29,6 @@ from ._framing import (
     peek_request_id,
     read_frame,
 )
-from ._protocol_base import REQUEST_DEADLINE, HandlerError, ProtocolLimits
 
 logger = logging.getLogger("enclave.protocol")
 

@@ -7,8 +7,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from attestation.errors import CODE_PATTERN, MAX_CODE_LENGTH, CodedError, Kind
-
-from .wire import PROTOCOL_CODES
+from enclave.wire import PROTOCOL_CODES
 
 __all__ = ["CODE_PATTERN", "MAX_CODE_LENGTH"]  # re-exported: defined in attestation.errors
 

@@ -10,8 +10,7 @@ import re
 from dataclasses import dataclass
 
 from attestation.errors import CodedError, Kind
-
-from .wire import PARENT_CID as PARENT_CID  # the parent EC2 instance (NE_PARENT_VM_CID)
+from enclave.wire import PARENT_CID as PARENT_CID  # the parent EC2 instance (NE_PARENT_VM_CID)
 
 VMADDR_CID_HYPERVISOR = 0
 VMADDR_CID_LOCAL = 1

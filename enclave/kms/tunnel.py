@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestation.errors import CodedError, Kind
-
-from .endpoints import dns_suffix, kms_hostnames
-from .transport import (
+from enclave.endpoints import dns_suffix, kms_hostnames
+from enclave.transport import (
     PARENT_CID,
     SIM_DIR_ENV,
     TransportError,
@@ -44,7 +43,7 @@ from .transport import (
     open_connection,
     relay,
 )
-from .wire import KMS_RELAY_PORT
+from enclave.wire import KMS_RELAY_PORT
 
 __all__ = [
     "HTTPS_PORT",
@@ -60,7 +59,7 @@ __all__ = [
 
 HTTPS_PORT = 443
 
-log = logging.getLogger("enclave.kms_tunnel")
+log = logging.getLogger("enclave.kms.tunnel")
 
 
 class TunnelError(CodedError):

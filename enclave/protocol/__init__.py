@@ -27,18 +27,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import transport
-from ._framing import (
-    FrameClock,
-    Reply,
-    decode_cbor,
-    encode_request,
-    frame,
-    parse_reply,
-    read_frame,
-)
-from ._malloc import keep_reads_off_mmap
-from ._protocol_base import (
+from enclave import transport
+from enclave._malloc import keep_reads_off_mmap
+from enclave.protocol._base import (
     ERROR_CODES,
     PROTOCOL_VERSION,
     ConnectionLostError,
@@ -49,7 +40,16 @@ from ._protocol_base import (
     RemoteError,
     RequestTimeoutError,
 )
-from ._protocol_server import Handler, ServerConnection, reject_connection
+from enclave.protocol._framing import (
+    FrameClock,
+    Reply,
+    decode_cbor,
+    encode_request,
+    frame,
+    parse_reply,
+    read_frame,
+)
+from enclave.protocol._server import Handler, ServerConnection, reject_connection
 
 __all__ = [
     "ERROR_CODES",

@@ -23,8 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import _vsock_real, _vsock_sim
-from ._relay import (
+from enclave.retry import backoff
+from enclave.transport import _vsock_real, _vsock_sim
+from enclave.transport._relay import (
     RELAY_CHUNK,
     RELAY_HALF_CLOSE_TIMEOUT,
     RELAY_HIGH_WATER,
@@ -32,7 +33,7 @@ from ._relay import (
     RelayStats,
     relay,
 )
-from ._vsock_address import (
+from enclave.transport._vsock_address import (
     PARENT_CID,
     SIM_CID_ENV,
     SIM_DIR_ENV,
@@ -45,7 +46,6 @@ from ._vsock_address import (
     TransportLimits,
     VsockAddress,
 )
-from .retry import backoff
 
 __all__ = [
     "PARENT_CID",

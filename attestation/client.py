@@ -3,7 +3,7 @@
 It speaks the proxy's HTTP API (docs/proxy.md) and trusts only the enclave, never the parent::
 
     from attestation import Policy
-    from parent.client import EnclaveClient
+    from attestation.client import EnclaveClient
 
     policy = Policy(pcrs={0: PCR0_HEX}, max_age=timedelta(minutes=5))
     with EnclaveClient("http://parent:8080", policy) as client:
@@ -14,7 +14,7 @@ It speaks the proxy's HTTP API (docs/proxy.md) and trusts only the enclave, neve
 random nonce, verifies it with :func:`attestation.verify` — chain to the pinned AWS root (or
 ``roots``), the caller's :class:`~attestation.Policy`, then the nonce and the freshness bound
 here — and keeps the enclave's HPKE public key from it. ``call_e2e`` seals each request to that
-key (``enclave.e2e``); the proxy relays ciphertext; only this client can open the reply. If
+key (``attestation.e2e``); the proxy relays ciphertext; only this client can open the reply. If
 the proxy says the sealed request could not be opened, the client re-attests and re-sends it
 only when the enclave's key changed (a restarted enclave can never have run a request sealed
 to its predecessor); that answer is unauthenticated, so with an unchanged key the request is
@@ -44,9 +44,9 @@ from typing import Any
 from cryptography import x509
 
 from attestation import AttestationDocument, AttestationError, Policy, verify
+from attestation.e2e import E2EError, load_public_key, seal_request
 from attestation.errors import CodedError, Kind
 from attestation.policy import AnyOfPcrs, PcrsMatch
-from enclave.e2e import E2EError, load_public_key, seal_request
 
 __all__ = [
     "NONCE_LEN",
@@ -197,7 +197,7 @@ class EnclaveClient:
             ) from exc
         return status, payload
 
-    def _post(self, path: str, body: Any) -> dict:
+    def _post(self, path: str, body: Any) -> dict[str, Any]:
         status, payload = self._http("POST", path, body)
         if status != 200:
             error = payload.get("error") if isinstance(payload, dict) else None
@@ -213,7 +213,7 @@ class EnclaveClient:
 
     # ------------------------------------------------------------ API
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         """``GET /health`` -> ``{"proxy": "ok", "enclave": "ok"|"down", ...}`` (any status)."""
         _, payload = self._http("GET", "/health")
         if not isinstance(payload, dict):
@@ -258,7 +258,7 @@ class EnclaveClient:
             session = self.attest()
         return session
 
-    def call(self, op: str, body: Mapping[str, Any] | None = None) -> dict:
+    def call(self, op: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Plain ``POST /v1/<op>``: bytes in ``body`` are sent base64; answer is JSON
         (bytes come back as base64 text: decode with :func:`from_b64`)."""
         return self._post(f"/v1/{op}", to_jsonable(dict(body or {})))

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._vsock_address import (
+from enclave.transport._vsock_address import (
     SIM_CID_ENV,
     SIM_DIR_ENV,
     VMADDR_CID_ANY,

@@ -35,9 +35,8 @@ from botocore.credentials import (
 )
 
 from attestation.errors import Kind
-
-from .protocol import HandlerError
-from .wire import SET_CREDENTIALS_OP
+from enclave.protocol import HandlerError
+from enclave.wire import SET_CREDENTIALS_OP
 
 __all__ = [
     "DEFAULT_REGION",

@@ -13,19 +13,23 @@ import errno
 import fcntl
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ._nsm_codec import NSM_REQUEST_MAX_SIZE, NSM_RESPONSE_MAX_SIZE, NsmError
+from enclave.nsm.codec import (
+    NSM_REQUEST_MAX_SIZE,
+    NSM_RESPONSE_MAX_SIZE,
+    SOCKET_FRAME_HEADER,
+    NsmError,
+)
 
 NSM_DEVICE = "/dev/nsm"
 NSM_SOCKET_ENV = "NITRO_NSM_SOCKET"
 NSM_SOCKET_TIMEOUT = 30.0
 """Seconds a call to the simulated NSM may take end to end (connect, send, answer)."""
-FRAME_HEADER = struct.Struct(">I")
+FRAME_HEADER = SOCKET_FRAME_HEADER  # defined once, in enclave.nsm.codec
 """The length prefix of a frame on the simulated-NSM socket."""
 
 UNAVAILABLE_MESSAGE = (

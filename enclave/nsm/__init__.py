@@ -17,7 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._nsm_codec import (
+from enclave.nsm._device import (
+    NSM_DEVICE,
+    NSM_IOCTL_RAW,
+    NSM_SOCKET_ENV,
+    DeviceTransport,
+    NsmUnavailableError,
+    SocketTransport,
+    default_transport,
+)
+from enclave.nsm.codec import (
     NSM_REQUEST_MAX_SIZE,
     NSM_RESPONSE_MAX_SIZE,
     RESPONSE_FOR,
@@ -34,15 +43,6 @@ from ._nsm_codec import (
     Request,
     decode_response,
     encode_request,
-)
-from ._nsm_device import (
-    NSM_DEVICE,
-    NSM_IOCTL_RAW,
-    NSM_SOCKET_ENV,
-    DeviceTransport,
-    NsmUnavailableError,
-    SocketTransport,
-    default_transport,
 )
 
 __all__ = [

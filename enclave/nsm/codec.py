@@ -10,6 +10,7 @@ the two cannot drift apart.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "NSM_RESPONSE_MAX_SIZE",
     "REQUEST_TYPES",
     "RESPONSE_FOR",
+    "SOCKET_FRAME_HEADER",
     "Attestation",
     "AttestationDocumentBytes",
     "DescribeNsm",
@@ -533,3 +535,8 @@ def decode_response(data: bytes, expected: type[_T]) -> _T:
         return _from_body(expected, body, is_unit)
     except _Bad as e:
         raise NsmError("InvalidResponse", f"{wire}: {e}") from None
+
+
+SOCKET_FRAME_HEADER = struct.Struct(">I")
+"""Frames one message on the simulated NSM's Unix socket: a u32 big-endian length
+(the real device takes one ioctl per message, unframed)."""

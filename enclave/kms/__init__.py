@@ -6,7 +6,7 @@ where ``doc`` is an NSM attestation document whose ``public_key`` is the enclave
 key (DER SubjectPublicKeyInfo). KMS checks the key policy's
 ``kms:RecipientAttestation:ImageSha384`` / ``PCRn`` conditions against the document and
 answers with ``CiphertextForRecipient`` (CMS EnvelopedData to that key), which
-``enclave.cms`` opens here. The key pair and its document are cached and renewed on a
+``enclave.kms.cms`` opens here. The key pair and its document are cached and renewed on a
 schedule (``enclave._enclave_key``), not per call. Plaintexts stay in memory and are never
 logged; failures raise ``KmsError`` with a stable ``code``.
 
@@ -14,8 +14,8 @@ logged; failures raise ``KmsError`` with a stable ``code``.
     secret = kms.decrypt(ciphertext, encryption_context={"app": "demo"})
 
 ``for_enclave`` builds what the enclave app needs: the loopback tunnel to the parent's KMS
-relay (``enclave.kms_tunnel``), a boto3 session fed by the parent's credentials
-(``enclave.credentials``) and the NSM client. See docs/attested-kms.md.
+relay (``enclave.kms.tunnel``), a boto3 session fed by the parent's credentials
+(``enclave.kms.credentials``) and the NSM client. See docs/attested-kms.md.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 
 from attestation.errors import CodedError, Kind
-
-from ._enclave_key import KeyLimits, RecipientKey, RecipientKeyring
-from .cms import CmsError, decrypt_enveloped_data
+from enclave._enclave_key import KeyLimits, RecipientKey, RecipientKeyring
+from enclave.kms.cms import CmsError, decrypt_enveloped_data
 
 if TYPE_CHECKING:
-    from .credentials import CredentialStore
-    from .kms_tunnel import KmsTunnel, TunnelLimits
-    from .transport import VsockAddress
+    from enclave.kms.credentials import CredentialStore
+    from enclave.kms.tunnel import KmsTunnel, TunnelLimits
+    from enclave.transport import VsockAddress
 
 __all__ = [
     "KEY_ENCRYPTION_ALGORITHM",
@@ -207,7 +206,7 @@ class AttestedKms:
         with `nsm` (default: `NsmClient()`, the device or $NITRO_NSM_SOCKET)."""
         if attest is None:
             if nsm is None:
-                from .nsm import NsmClient
+                from enclave.nsm import NsmClient
 
                 nsm = NsmClient()
             attest = _attest_with(nsm)
@@ -249,8 +248,8 @@ class AttestedKms:
         holder: dict[str, KmsTunnel] = {}
 
         def build() -> Any:
-            from .credentials import DEFAULT_REGION
-            from .kms_tunnel import KmsTunnel
+            from enclave.kms.credentials import DEFAULT_REGION
+            from enclave.kms.tunnel import KmsTunnel
 
             name = region or _env_region()
             if name is None:
