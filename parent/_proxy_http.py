@@ -19,6 +19,7 @@ from aiohttp import web
 from attestation.errors import CodedError, Kind
 from enclave.config import ConfigError, check_nested, check_positive, derive
 from enclave.protocol import RemoteError
+from enclave.wire import HEALTH_OP
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
 
@@ -327,7 +328,7 @@ class ProxyHandlers:
         out["in_flight"] = self.backpressure.in_flight
         try:
             answer = await self.pool.request(
-                "health", {}, timeout=self.limits.health_timeout_s, wait=False, control=True
+                HEALTH_OP, {}, timeout=self.limits.health_timeout_s, wait=False, control=True
             )
         except (EnclaveUnavailable, TimeoutError, RemoteError) as exc:
             out["error"] = {

@@ -8,7 +8,10 @@ the *control* connection, carries only health probes and ``describe``, so a satu
 Each connection has a supervisor task: connect, wait until the connection is lost (the
 client's read loop sees EOF or an error) or a request failed on it for a connection reason,
 then reconnect with ``enclave.retry.backoff``. No heartbeat: the request path and the
-connection's own read loop are what tell a dead connection. When no request connection is
+connection's own read loop are what tell a dead connection; a link that hangs without
+closing is found by the request path too: a request that gets no answer in time makes the pool
+probe that connection (``health``, ``probe_timeout_s``) and drop it when the probe gets none
+either (tests/parent/test_pool_hung_link.py). When no request connection is
 up, a request waits ``available_wait_s`` for one, then fails with ``enclave-unavailable``.
 """
 
@@ -26,6 +29,7 @@ from attestation.errors import CodedError, Kind
 from enclave.protocol import ProtocolClient, ProtocolError, ProtocolLimits, RemoteError
 from enclave.retry import backoff
 from enclave.transport import VsockAddress
+from enclave.wire import HEALTH_OP
 
 log = logging.getLogger("parent.proxy")
 
@@ -47,6 +51,7 @@ class PoolLimits:
     backoff_max_s: float = 1.0
     available_wait_s: float = 0.5  # a request waits this long for a connection, then fails
     max_frame: int = ProtocolLimits().max_frame  # largest request/answer on a connection
+    probe_timeout_s: float = 2.0  # a request got no answer: its connection must answer a probe
 
 
 class _Slot:
@@ -54,6 +59,7 @@ class _Slot:
         self.index = index
         self.client: ProtocolClient | None = None
         self.broken = asyncio.Event()  # a request failed on this connection
+        self.probing = False  # a probe of this connection is under way
 
     def usable(self) -> bool:
         return self.client is not None and not self.client.closed and not self.broken.is_set()
@@ -78,6 +84,7 @@ class EnclavePool:
         self._tasks: list[asyncio.Task[None]] = []
         self._rr = itertools.count()
         self._changed = asyncio.Event()
+        self._probes: set[asyncio.Task[None]] = set()
         self.connects = 0
         self.disconnects = 0
 
@@ -96,9 +103,9 @@ class EnclavePool:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._probes):
             task.cancel()
-        for task in self._tasks:
+        for task in (*self._tasks, *self._probes):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for slot in (*self._slots, self._control):
@@ -154,6 +161,29 @@ class EnclavePool:
             log.warning("enclave-disconnected", extra={"fields": {"slot": slot.index}})
             await self._drop(slot)
 
+    def _probe(self, slot: _Slot, client: ProtocolClient) -> None:
+        """No answer in time: probe that connection, and drop it if the probe gets no answer
+        either (a hung link never closes, so its read loop alone would never tell)."""
+        if slot.probing or slot.client is not client:
+            return
+        slot.probing = True
+
+        async def probe() -> None:
+            try:
+                await client.request(HEALTH_OP, {}, timeout=self.limits.probe_timeout_s)
+            except RemoteError:
+                pass  # an answer, even an error, shows the link works
+            except Exception:
+                if slot.client is client:
+                    log.warning("enclave-link-unresponsive", extra={"fields": {"slot": slot.index}})
+                    slot.broken.set()
+            finally:
+                slot.probing = False
+
+        task = asyncio.ensure_future(probe())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
     def _pick(self) -> _Slot | None:
         live = [s for s in self._slots if s.usable()]
         if not live:
@@ -196,6 +226,7 @@ class EnclavePool:
                 raise TimeoutError(exc.message) from None
             raise
         except TimeoutError:  # RequestTimeoutError included: no answer in time
+            self._probe(slot, client)
             raise
         except ProtocolError as exc:
             if exc.code != "connection-lost":  # refused before sending (frame-too-large, ...)

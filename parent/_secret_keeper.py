@@ -276,9 +276,11 @@ class SecretKeeper:
         """Re-read the store now and load what is missing; True if ``name`` is loaded then."""
         if not isinstance(name, str) or name in self.records:
             return False
-        if time.monotonic() - self._read_at < self.limits.reread_min_s:
-            return False  # unknown names cannot make the parent re-read the store at will
-        self._dirty = True
+        wait = self.limits.reread_min_s - (time.monotonic() - self._read_at)
+        if wait > 0:  # unknown names re-read the store at most every reread_min_s: wait for it
+            await asyncio.sleep(wait)
+        if time.monotonic() - self._read_at >= self.limits.reread_min_s:
+            self._dirty = True  # else another request's re-read is done or under way
         await self.gate(pool)
         status = self.status.get(name)
         return status is not None and status.loaded
