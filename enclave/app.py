@@ -53,6 +53,7 @@ from enclave.logs import configure_json_logging as configure_json_logging
 from enclave.protocol import HandlerError
 from enclave.protocol._base import REQUEST_DEADLINE
 from enclave.sealed import SealedStore
+from enclave.wire import is_op_name
 
 if TYPE_CHECKING:
     from enclave.nsm import NsmClient
@@ -162,8 +163,10 @@ class App:
     # ------------------------------------------------------------ registry
 
     def add_operation(self, op: Operation) -> None:
-        if not op.name or len(op.name) > MAX_OPERATION_NAME or not op.name.isascii():
-            raise ValueError(f"bad operation name {op.name!r}")
+        if not is_op_name(op.name):
+            raise ValueError(
+                f"bad operation name {op.name!r}: lowercase letters, digits and dashes, 1..64"
+            )
         if op.name in self._ops:
             raise ValueError(f"operation {op.name!r} is already registered")
         self._ops[op.name] = op

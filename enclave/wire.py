@@ -41,6 +41,7 @@ __all__ = [
     "UNAVAILABLE",
     "is_code",
     "is_kind",
+    "is_op_name",
 ]
 
 PARENT_CID: Final = 3
@@ -58,6 +59,13 @@ ATTESTATION_OP: Final = "attestation"
 E2E_OP: Final = "e2e"
 SET_CREDENTIALS_OP: Final = "set-credentials"
 """Built-in operations every enclave app answers (enclave/handlers/)."""
+
+
+def is_op_name(value: object) -> bool:
+    """True for a well-formed operation name. Op names share the error-code format (lowercase
+    letters, digits, dashes; 1..64 long), so they fit a URL path segment as they are."""
+    return is_code(value)
+
 
 PROTOCOL_CODES: Final[dict[str, str]] = {
     # connection-level (sent with "id": null, then the connection closes)

@@ -19,7 +19,7 @@ from aiohttp import web
 from attestation.errors import CodedError, Kind
 from enclave.config import ConfigError, check_nested, check_positive, derive
 from enclave.protocol import RemoteError
-from enclave.wire import HEALTH_OP
+from enclave.wire import HEALTH_OP, is_op_name
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
 
@@ -30,7 +30,6 @@ RID_KEY = web.RequestKey("request_id", str)
 OP_KEY = web.RequestKey("op", str)
 START_KEY = web.RequestKey("start", float)  # event-loop time the request arrived
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_OP_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_JSON_DEPTH = 32
 READ_CHUNK = 64 * 1024
 
@@ -253,7 +252,7 @@ class ProxyHandlers:
                 isinstance(op, dict)
                 and op.get("http") is True
                 and isinstance(op.get("name"), str)
-                and _OP_RE.fullmatch(op["name"])
+                and is_op_name(op["name"])
             ):
                 fields = op.get("bytes_fields") or []
                 routes[op["name"]] = tuple(f for f in fields if isinstance(f, str))
@@ -372,7 +371,7 @@ class ProxyHandlers:
 
     async def op(self, request: web.Request) -> web.Response:
         name = request.match_info["op"]
-        if not _OP_RE.fullmatch(name):
+        if not is_op_name(name):
             raise ProxyError("not-found", "no such route")
         request[OP_KEY] = name
         if not self.routes:

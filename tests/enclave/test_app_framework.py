@@ -104,8 +104,10 @@ def test_duplicate_and_bad_names_are_refused(nsm: SimulatedNsm) -> None:
     app = make_app(nsm)
     with pytest.raises(ValueError):
         app.operation("health")(lambda ctx, body: None)
-    with pytest.raises(ValueError):
-        app.operation("")(lambda ctx, body: None)
+    for bad in ("", "Sign", "seal_load", "a/b", "x" * 65, "-leading"):
+        with pytest.raises(ValueError, match="bad operation name"):
+            app.operation(bad)(lambda ctx, body: None)
+    app.operation("x" * 64)(lambda ctx, body: None)  # the format's limit is allowed
 
 
 def test_builtins_are_described(nsm: SimulatedNsm) -> None:
