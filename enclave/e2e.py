@@ -4,17 +4,7 @@ The format and the client half are ``attestation.e2e`` (imported here).
 
 The enclave holds an X25519 key pair created at start-up; its public key (DER
 SubjectPublicKeyInfo) is the ``public_key`` of the attestation documents the enclave hands out.
-A client that verified such a document seals a request to that key; the parent relays bytes it
-cannot read. Wire format (all CBOR maps, docs/app.md "End-to-end requests"):
-
-* sealed request ``{"v": 1, "nonce": bstr, "ct": bstr}`` where ``ct`` is HPKE base mode
-  (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) single-shot ``enc || ciphertext`` with
-  ``info = REQUEST_LABEL || 0x00 || SHA-256(enclave SPKI) || nonce``; ``nonce`` is the nonce of
-  the attestation document the client verified. The plaintext is
-  ``{"op": tstr, "body": any, "rk": bstr(32), "id": bstr(16), "ts": uint (ms)}``.
-* sealed reply ``{"v": 1, "iv": bstr(12), "ct": bstr}``: AES-256-GCM under the response key
-  ``rk`` chosen by the client, ``aad = REPLY_LABEL || 0x00 || id``; the plaintext is
-  ``{"ok": true, "result": any}`` or ``{"ok": false, "error": {"code", "kind", "message"}}``.
+The wire format (sealed request and reply) is written down once, in ``attestation.e2e``.
 
 The enclave refuses a request id it has seen, or a timestamp outside the replay window, so the
 parent cannot replay a sealed request. Nothing here touches the network.
