@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.protocol import RemoteError
+from enclave.retry import backoff
 
 from ._proxy_pool import EnclavePool, EnclaveUnavailable
 from .secret_store import SecretRecord, SecretStore, StoreError
@@ -258,8 +259,8 @@ class SecretKeeper:
                                                                    "code": code}})
                 return False
             status.attempts += 1
-            delay = min(self.limits.backoff_max_s,
-                        self.limits.backoff_initial_s * 2 ** (status.attempts - 1))
+            delay = backoff(status.attempts, self.limits.backoff_initial_s,
+                            self.limits.backoff_max_s)
             status.retry_at = time.monotonic() + delay
             status.error = {
                 "code": getattr(exc, "code", "enclave-timeout"),

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from enclave.retry import backoff
+
 from .nitro_cli import NitroCli, NitroCliError
 
 log = logging.getLogger("parent.enclave_watch")
@@ -68,8 +70,8 @@ class EnclaveWatch:
         self.missed += 1
         if self.missed < self.limits.misses or self.clock() < self.not_before:
             return False
-        delay = min(self.limits.backoff_max_s,
-                    self.limits.backoff_initial_s * 2 ** self.failures)
+        delay = backoff(self.failures + 1, self.limits.backoff_initial_s,
+                        self.limits.backoff_max_s)
         log.warning("enclave %s is not running; restarting (%s), next try in >= %.0f s",
                     self.name, shlex.join(self.restart_command), delay)
         try:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from enclave.retry import backoff
+
 from .stack import ENCLAVE_PORT, Child, Stack
 
 __all__ = ["RestartPolicy", "Supervisor"]
@@ -65,8 +67,8 @@ class Supervisor:
                     if now - track.started >= self.policy.stable_after_s:
                         track.attempts = 0
                     track.attempts += 1
-                    delay = min(self.policy.backoff_max_s,
-                                self.policy.backoff_initial_s * 2 ** (track.attempts - 1))
+                    delay = backoff(track.attempts, self.policy.backoff_initial_s,
+                                    self.policy.backoff_max_s)
                     track.due = now + delay
                     self.echo(f"{_where(stack)}{child.name} exited with code "
                               f"{child.process.returncode}; restarting in {delay:.2f} s")

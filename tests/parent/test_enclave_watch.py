@@ -56,3 +56,14 @@ def test_restarts_back_off_while_the_enclave_stays_down(fake: FakeNitro) -> None
         clock.now += 0.5
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[:3] == [5.0, 10.0, 20.0] and all(g == 20.0 for g in gaps[3:])
+
+
+def test_a_watch_that_fails_for_ever_keeps_a_capped_pause(fake: FakeNitro) -> None:
+    """Thousands of failed restarts (weeks down) never overflow the backoff: it stays capped."""
+    clock = Clock()
+    watch = EnclaveWatch(fake.cli(), "app", ["false"],
+                         WatchLimits(misses=1, backoff_initial_s=5.0, backoff_max_s=20.0),
+                         clock=clock)
+    watch.failures = 5000  # 5 * 2**5000 is past what a float holds
+    assert watch.step() is True
+    assert watch.not_before == clock.now + 20
