@@ -12,14 +12,21 @@ from typing import Any
 
 from aiohttp import web
 
+from ._proxy_http import REQUEST_TIMEOUT_S
+
 log = logging.getLogger("parent.proxy")
+
+DRAIN_MARGIN_S = 0.5
+"""How much longer than the request deadline in-flight requests get on SIGTERM."""
 
 
 @dataclass(frozen=True)
 class DrainLimits:
     # > the LB health interval x fall count (HAProxy here: 0.25 s x 2; an NLB: 10 s x 2)
     grace_s: float = 1.5
-    deadline_s: float = 10.0  # in-flight requests must finish within this after the grace
+    # in-flight requests must finish within this after the grace: the request deadline and a
+    # margin, so a request admitted before SIGTERM can finish (ProxyConfig.derived follows D)
+    deadline_s: float = REQUEST_TIMEOUT_S + DRAIN_MARGIN_S
 
 
 class Drainer:

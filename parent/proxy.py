@@ -249,8 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint-url", help="S3 endpoint for an s3:// secret store")
     p.add_argument("--drain-grace", type=float, default=DrainLimits().grace_s,
                    help="seconds /health fails before the proxy stops listening on SIGTERM")
-    p.add_argument("--drain-deadline", type=float, default=DrainLimits().deadline_s,
-                   help="seconds in-flight requests get to finish after that")
+    p.add_argument("--drain-deadline", type=float, default=None,
+                   help="seconds in-flight requests get to finish after that "
+                        "(default: --request-timeout + 0.5)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

@@ -21,7 +21,7 @@ from typing import Any
 from enclave.config import ConfigError, check_nested, check_positive, derive
 from enclave.transport import TransportError, VsockAddress
 
-from ._drain import DrainLimits
+from ._drain import DRAIN_MARGIN_S, DrainLimits
 from ._proxy_conns import ConnectionLimits
 from ._proxy_http import REQUEST_TIMEOUT_S, HttpLimits
 from ._proxy_pool import PoolLimits
@@ -55,7 +55,8 @@ class ProxyConfig:
         s3_endpoint_url: S3 endpoint for an ``s3://`` store.
         keeper: Reloading kept secrets into a restarted enclave (``KeeperLimits``); its
             ``gate_timeout_s`` ends before the request deadline.
-        drain: What SIGTERM does (``DrainLimits``).
+        drain: What SIGTERM does (``DrainLimits``); by default its deadline outlasts the
+            request deadline by ``DRAIN_MARGIN_S``, so no admitted request is cut off.
     """
 
     enclave: VsockAddress
@@ -98,6 +99,8 @@ class ProxyConfig:
         body_timeout_s: float | None = None,
         queue_timeout_s: float | None = None,
         gate_timeout_s: float | None = None,
+        drain_deadline_s: float | None = None,
+        drain_grace_s: float | None = None,
         http: dict[str, Any] | None = None,
         keeper: KeeperLimits | None = None,
         **fields: Any,
@@ -108,8 +111,13 @@ class ProxyConfig:
                                     queue_timeout_s=queue_timeout_s, **(http or {}))
         keeper = keeper or KeeperLimits()
         gate = derive(gate_timeout_s, keeper.gate_timeout_s, request_timeout_s)
+        drain = DrainLimits(
+            grace_s=DrainLimits().grace_s if drain_grace_s is None else drain_grace_s,
+            deadline_s=(request_timeout_s + DRAIN_MARGIN_S if drain_deadline_s is None
+                        else drain_deadline_s),
+        )
         return cls(enclave=enclave, http=limits, keeper=replace(keeper, gate_timeout_s=gate),
-                   **fields)
+                   drain=fields.pop("drain", drain), **fields)
 
     @classmethod
     def from_args(cls, args: Any) -> ProxyConfig:
@@ -137,6 +145,6 @@ class ProxyConfig:
             ),
             secret_store=args.secret_store,
             s3_endpoint_url=args.s3_endpoint_url,
-            drain=DrainLimits(grace_s=max(0.0, args.drain_grace),
-                              deadline_s=max(0.0, args.drain_deadline)),
+            drain_grace_s=args.drain_grace,
+            drain_deadline_s=args.drain_deadline,
         )

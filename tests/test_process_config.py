@@ -107,6 +107,7 @@ def test_proxy_deadlines_nest_for_any_outer(outer: float) -> None:
     assert config.http.body_timeout_s < outer
     assert config.http.queue_timeout_s < outer
     assert config.keeper.gate_timeout_s < outer
+    assert config.drain.deadline_s > outer  # SIGTERM never cuts off an admitted request
 
 
 @settings(max_examples=200, deadline=None)
@@ -147,6 +148,8 @@ def _invalid() -> list[Any]:
         lambda: HttpLimits.derived(15.0, queue_timeout_s=20.0),
         lambda: ProxyConfig.derived(ENCLAVE, 5.0, gate_timeout_s=6.0, secret_store="/x"),
         lambda: ProxyConfig(enclave=ENCLAVE, port=70000),
+        lambda: ProxyConfig.derived(ENCLAVE, drain_deadline_s=-1.0),
+        lambda: ProxyConfig.derived(ENCLAVE, drain_grace_s=-0.5),
         lambda: RelayLimits(connect_timeout_s=0.0),
         lambda: RelayLimits(max_connections=0),
         lambda: IngressLimits(idle_timeout_s=-3.0),
