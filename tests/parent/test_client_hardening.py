@@ -4,9 +4,7 @@ twice with an unauthenticated answer, and a policy that pins no code is refused.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -28,19 +26,6 @@ CID, PORT = 16, 5000
 PCR0 = bytes(range(48))
 PCR8 = bytes(range(1, 49))
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI.generate()
-
-
-@pytest.fixture
-def sim_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="client-h-") as d:
-        path = os.path.join(d, "v")
-        monkeypatch.setenv("NITRO_VSOCK_SIM_DIR", path)
-        yield path
 
 
 def make_app(pki: TestPKI, runs: list[int]) -> App:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,19 +33,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI.generate()
-
-
-@pytest.fixture
-def sim_dir(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    with tempfile.TemporaryDirectory(prefix="proxy-") as d:
-        path = os.path.join(d, "v")
-        monkeypatch.setenv("NITRO_VSOCK_SIM_DIR", path)
-        yield path
 
 
 def make_app(pki: TestPKI) -> App:

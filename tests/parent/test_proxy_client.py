@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -27,19 +25,6 @@ from simulator.nsm import SimulatedNsm
 CID, PORT = 16, 5000
 PCR0 = bytes(range(48))
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI.generate()
-
-
-@pytest.fixture
-def sim_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="client-") as d:
-        path = os.path.join(d, "v")
-        monkeypatch.setenv("NITRO_VSOCK_SIM_DIR", path)
-        yield path
 
 
 def make_app(pki: TestPKI) -> App:
