@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_proxy import CID, PORT, make_app, pki, sim_dir  # noqa: F401  (fixtures)
+from test_proxy import CID, PORT, make_app
 
 from attestation import TestPKI
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
@@ -79,7 +79,7 @@ def _enough_fds_here() -> None:
     [("--max-connections-per-peer", "500"), ("--max-connections-per-peer", "5000")],
     ids=["per-peer-cap", "global-cap"],
 )
-def test_idle_sockets_do_not_slow_health(pki: TestPKI, sim_dir: str, caps) -> None:  # noqa: F811
+def test_idle_sockets_do_not_slow_health(pki: TestPKI, sim_dir: str, caps) -> None:
     """per-peer-cap: that cap holds (500 < the global cap of 1024 - fd_reserve); global-cap:
     the per-peer cap is lifted, so the global cap, bounded by the process's file-descriptor
     limit, must hold instead (and then refuses every peer, fast)."""

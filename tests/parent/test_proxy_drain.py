@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 import aiohttp
-from test_proxy import CID, PORT, make_app, pki, sim_dir  # noqa: F401 (fixtures)
+from test_proxy import CID, PORT, make_app
 
 from attestation import TestPKI
 from enclave.transport import VMADDR_CID_ANY, VsockAddress
@@ -23,7 +23,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_fails_health_first_then_finishes_in_flight(pki: TestPKI, sim_dir: str) -> None:  # noqa: F811
+def test_sigterm_fails_health_first_then_finishes_in_flight(pki: TestPKI, sim_dir: str) -> None:
     async def scenario() -> None:
         app = make_app(pki)
         server = await app.serve(VsockAddress(VMADDR_CID_ANY, PORT), sim_dir=sim_dir, sim_cid=CID)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_proxy import make_app, pki, running, sim_dir  # noqa: F401  (fixtures)
+from test_proxy import make_app, running
 
 from attestation import TestPKI
 
@@ -31,7 +31,7 @@ def nested(depth: int) -> object:
     ids=["depth-100", "depth-65", "values-65537"],
 )
 def test_hostile_json_is_refused_and_no_concurrent_victim_fails(
-    pki: TestPKI, sim_dir: str, hostile: dict  # noqa: F811
+    pki: TestPKI, sim_dir: str, hostile: dict
 ) -> None:
     app = make_app(pki)
     hostile_copy = [hostile]
@@ -56,7 +56,7 @@ def test_hostile_json_is_refused_and_no_concurrent_victim_fails(
     asyncio.run(go())
 
 
-def test_health_shows_the_enclave_clock(pki: TestPKI, sim_dir: str) -> None:  # noqa: F811
+def test_health_shows_the_enclave_clock(pki: TestPKI, sim_dir: str) -> None:
     """Issue 9 item 20: /health carries the enclave's clock offset (null before any offer)."""
     app = make_app(pki)
 
