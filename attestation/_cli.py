@@ -272,6 +272,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_VALID
 
 
+def add_root_option(parser: Any) -> None:
+    """``--root PEM`` (repeatable): the trust anchors of ``verify`` and ``connect``."""
+    parser.add_argument(
+        "--root",
+        action="append",
+        metavar="PEM",
+        help="trust this root instead of the AWS Nitro Root-G1 (repeatable)",
+    )
+
+
 def _register_verify(sub: Any) -> None:
     v = sub.add_parser(
         "verify",
@@ -280,12 +290,7 @@ def _register_verify(sub: Any) -> None:
         "Exit 0 valid, 1 rejected, 2 usage or I/O error.",
     )
     v.add_argument("file", metavar="FILE|-", help="document file, or - for stdin")
-    v.add_argument(
-        "--root",
-        action="append",
-        metavar="PEM",
-        help="trust this root instead of the AWS Nitro Root-G1 (repeatable)",
-    )
+    add_root_option(v)
     v.add_argument(
         "--at",
         metavar="ISO8601|document",

@@ -23,6 +23,7 @@ from ._cli import (
     _load_roots,
     _parse_pcrs,
     _print_claims,
+    add_root_option,
     document_json,
 )
 from .binding import BINDINGS
@@ -41,12 +42,7 @@ def register(sub: Any) -> None:
         "Exit 0 bound and valid, 1 rejected, 2 usage or network error.",
     )
     c.add_argument("url", metavar="URL", help="https://HOST[:PORT]")
-    c.add_argument(
-        "--root",
-        action="append",
-        metavar="PEM",
-        help="trust this root instead of the AWS Nitro Root-G1 (repeatable)",
-    )
+    add_root_option(c)
     c.add_argument(
         "--pcr", action="append", default=[], metavar="N=HEX", help="expected PCR (repeatable)"
     )
